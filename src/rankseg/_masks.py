@@ -1,0 +1,193 @@
+r"""From per-(image, class) thresholds to the output: multilabel masks or a multiclass label map.
+
+Multilabel: the mask of class ``c`` in image ``b`` is ``p[b, c] > thresholds[b, c]``.
+
+Multiclass (design note section 6): the per-class masks may overlap or leave pixels unclaimed.
+
+1. A pixel in exactly one mask takes that class. For each class, ``m_c`` and ``t_c`` are the sum of
+   probabilities and the number of these single-owner pixels.
+2. A pixel in several masks takes, among the classes whose masks contain it, the class with the
+   largest *incremental score*: the change of that class's objective when the pixel is added to
+   its single-owner set (all pixels scored against the same ``m_c, t_c``).
+3. A pixel in no mask takes the largest incremental score among the classes that were not pruned
+   (``unassigned_policy="max_score"``), or ``void_index`` (``"void"``).
+4. If every class of an image was pruned, the image falls back to the most probable class
+   (``"max_score"``; with ``"void"`` such an image is all ``void_index``).
+
+Ties between classes go to the lower class index. The objective is the one the solver optimised:
+with ``gamma`` the smoothing constant and ``mu_c`` the class's probability mass,
+
+    Dice: F(m, t) = 2 m / (t + mu + 1 + gamma) + gamma / (t + mu + gamma)
+    IoU:  F(m, t) = (m + gamma) / (t + mu - m + gamma)
+
+and the incremental score of a pixel with probability ``p`` is ``F(m + p, t + 1) - F(m, t)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._passes import round_down, work_dtype
+
+__all__ = ["multiclass_labels", "multilabel_masks"]
+
+
+def multilabel_masks(probs: Tensor, thresholds: Tensor, tile: int) -> Tensor:
+    """Boolean masks ``probs > thresholds[..., None]``.
+
+    Args:
+        probs: ``(B, C, N)`` probabilities.
+        thresholds: ``(B, C)`` float64 thresholds (``1.0`` gives an empty mask).
+        tile: elements per work tile.
+
+    Returns:
+        ``(B, C, N)`` bool.
+
+    On the CPU, rows at least one tile long use ``F.threshold`` with a scalar and a float-to-bool
+    copy (2.3x faster than a comparison there: 0.14 ms against 0.33 ms for 1024x1024).
+    """
+    b, c, n = probs.shape
+    out = torch.empty((b, c, n), dtype=torch.bool, device=probs.device)
+    if probs.device.type == "cpu" and n >= tile:
+        exact = round_down(thresholds, probs.dtype).reshape(-1).tolist()
+        rows, out_rows = probs.reshape(b * c, n), out.view(b * c, n)
+        for r, t in enumerate(exact):  # p > t >= 0 implies p != 0, so threshold(p) != 0 <=> p > t
+            for c0 in range(0, n, tile):
+                out_rows[r, c0 : c0 + tile].copy_(F.threshold(rows[r, c0 : c0 + tile], max(t, 0.0), 0.0))
+        return out
+    thr = round_down(thresholds, probs.dtype)[:, :, None]
+    step = max(1, tile // max(c * n, 1))
+    for b0 in range(0, b, step):
+        torch.gt(probs[b0 : b0 + step], thr[b0 : b0 + step], out=out[b0 : b0 + step])
+    return out
+
+
+class _Gain:
+    """Incremental scores ``F(m + p, t + 1) - F(m, t)`` in a form that float32 evaluates well.
+
+    The direct difference cancels badly (two values near 0.5 whose difference is ~1e-5), so it is
+    rewritten exactly as a factor times ``p - theta``, with per-class constants in float64:
+
+        Dice: T = t + mu + 1 + gamma,  gain = 2/(T+1) * (p - theta),
+              theta = m/T + gamma (T+1) / (2 T (T-1))
+        IoU:  D = t + mu - m + gamma,  gain = (D+m+gamma)/D * (p - theta) / (D + 1 - p),
+              theta = (m + gamma) / (D + m + gamma)
+
+    Constants are stored in the work dtype with shape (B, C, 1); pruned classes (never eligible)
+    may hold inf or NaN.
+    """
+
+    def __init__(
+        self, metric: str, m: Tensor, t: Tensor, mu: Tensor, gamma: float, dtype: torch.dtype
+    ) -> None:
+        self.metric = metric
+        if metric == "dice":
+            big_t = t + mu + 1 + gamma
+            theta = m / big_t + gamma * (big_t + 1) / (2 * big_t * (big_t - 1))
+            constants = (2 / (big_t + 1), theta)
+        else:
+            d = t + mu - m + gamma
+            constants = ((d + m + gamma) / d, (m + gamma) / (d + m + gamma), d + 1)
+        self.constants = [const.to(dtype)[:, :, None] for const in constants]
+
+    def __call__(self, p: Tensor, image: int) -> Tensor:
+        """Gains of the pixels ``p`` (C, k) of one image, for every class."""
+        if self.metric == "dice":
+            scale, theta = (const[image] for const in self.constants)
+            return (p - theta).mul_(scale)
+        scale, theta, d1 = (const[image] for const in self.constants)
+        return (p - theta).div_(d1 - p).mul_(scale)
+
+
+def _owner_pass(probs: Tensor, thresholds: Tensor, tile: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One streaming pass: who claims each pixel, and the single-owner sums of each class.
+
+    Returns ``(labels, state, single_sum, single_count)``: ``labels`` (B, N) int64 holds the owner
+    of single-owner pixels; ``state`` (B, N) uint8 is 0 (no mask), 1 (one) or 2 (several);
+    ``single_sum`` and ``single_count`` are (B, C) float64.
+    """
+    b, c, n = probs.shape
+    wdt = work_dtype(probs.dtype)
+    thr = round_down(thresholds, wdt)[:, :, None]
+    class_ids = torch.arange(c, device=probs.device, dtype=wdt)
+    labels = torch.empty((b, n), dtype=torch.int64, device=probs.device)
+    state = torch.empty((b, n), dtype=torch.uint8, device=probs.device)
+    single_sum = torch.zeros((b, c), dtype=torch.float64, device=probs.device)
+    single_count = torch.zeros((b, c), dtype=torch.float64, device=probs.device)
+    cols = max(1, min(n, tile // (c + 4)))  # per column: C work values and ~4 per-pixel buffers
+    imgs = max(1, tile // ((c + 4) * n)) if cols == n else 1
+    for b0 in range(0, b, imgs):
+        b1 = min(b, b0 + imgs)
+        for n0 in range(0, n, cols):
+            n1 = min(n, n0 + cols)
+            p = probs[b0:b1, :, n0:n1]
+            claimed = p.to(wdt, copy=True).sub_(thr[b0:b1]).clamp_(min=0).sign_()  # 1.0 where p > thr
+            owners = claimed.sum(1)
+            owner_id = torch.matmul(class_ids, claimed)  # sum of claiming class ids
+            single = (owners == 1).to(wdt)
+            labels[b0:b1, n0:n1] = owner_id.to(torch.int64)
+            state[b0:b1, n0:n1] = owners.clamp_(max=2).to(torch.uint8)
+            single_count[b0:b1] += torch.matmul(claimed, single[:, :, None])[..., 0].to(torch.float64)
+            single_sum[b0:b1] += torch.matmul(claimed.mul_(p), single[:, :, None])[..., 0].to(torch.float64)
+            del claimed, owners, owner_id, single  # free the tile before the next one is allocated
+    return labels, state, single_sum, single_count
+
+
+def multiclass_labels(
+    probs: Tensor,
+    thresholds: Tensor,
+    pruned: Tensor,
+    mu: Tensor,
+    *,
+    metric: str,
+    smooth: float,
+    unassigned_policy: str,
+    void_index: int,
+    tile: int,
+) -> Tensor:
+    """Resolve per-class masks into one label per pixel (module docstring, rules 1-4).
+
+    Args:
+        probs: ``(B, C, N)`` probabilities.
+        thresholds: ``(B, C)`` float64; class ``c`` claims the pixels with ``p > thresholds[b, c]``.
+        pruned: ``(B, C)`` bool, classes that do not compete (their threshold is ``1.0``).
+        mu: ``(B, C)`` float64 probability mass of each class.
+        metric: ``"dice"`` or ``"iou"`` (the objective of the incremental score).
+
+    Returns:
+        ``(B, N)`` int64 labels.
+
+    A streaming pass finds the owners of every pixel and the single-owner sums; then only the
+    contested pixels (several owners, or none) are gathered, in bounded chunks, and scored.
+    """
+    c = probs.shape[1]
+    labels, state, m, t = _owner_pass(probs, thresholds, tile)
+    void = unassigned_policy == "void"
+    if void:
+        labels.masked_fill_(state == 0, void_index)
+    wdt = work_dtype(probs.dtype)
+    gain = _Gain(metric, m, t, mu, smooth, wdt)
+    thr = round_down(thresholds, wdt)[:, :, None]
+    live = ~pruned[:, :, None]
+    fallback = pruned.all(dim=1).tolist()  # every class pruned: the most probable class wins
+    n = probs.shape[2]
+    cols = max(1, min(n, tile // (2 * c)))
+    # Contested pixels are gathered per image and column range: bounded memory, and the class
+    # constants of one image broadcast over its pixels.
+    for image in range(probs.shape[0]):
+        for n0 in range(0, n, cols):
+            pixel_state = state[image, n0 : n0 + cols]
+            (idx,) = ((pixel_state == 2) if void else (pixel_state != 1)).nonzero(as_tuple=True)
+            if idx.numel() == 0:
+                continue
+            p = probs[image, :, n0 : n0 + cols].index_select(1, idx).to(wdt)  # (C, k)
+            if fallback[image]:
+                score = p
+            else:
+                several = (pixel_state.index_select(0, idx) == 2)[None, :]
+                eligible = torch.where(several, p > thr[image], live[image])
+                score = gain(p, image).masked_fill_(~eligible, -float("inf"))
+            labels[image, n0 + idx] = score.argmax(dim=0)
+    return labels

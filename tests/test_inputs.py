@@ -1,0 +1,154 @@
+"""Input checking: every bad input gets a clear TypeError / ValueError; inputs are never modified."""
+
+import numpy as np
+import pytest
+import torch
+
+from rankseg import RankSEG
+from rankseg.data import synthetic_probs
+from rankseg.functional import rankseg
+
+
+@pytest.mark.parametrize(
+    ("probs", "match"),
+    [
+        ([[[0.5, 0.5]]], r"probs must be a torch\.Tensor or numpy\.ndarray .* got list"),
+        (0.5, r"got float"),
+        ("probs", r"got str"),
+        (torch.ones(1, 2, 3, dtype=torch.int64), r"floating dtype .* got torch\.int64"),
+        (torch.ones(1, 2, 3, dtype=torch.bool), r"floating dtype .* got torch\.bool"),
+        (torch.ones(1, 2, 3, dtype=torch.complex64), r"floating dtype .* got torch\.complex64"),
+        (np.ones((1, 2, 3), dtype=np.int32), r"numpy array of dtype int32"),
+        (np.ones((1, 2, 3), dtype=bool), r"numpy array of dtype bool"),
+    ],
+)
+def test_wrong_type_or_dtype_is_a_type_error(probs, match):
+    with pytest.raises(TypeError, match=match):
+        rankseg(probs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((4,), r"shape \(batch, classes, \*spatial\).* got shape \(4,\)"),
+        ((2, 4), r"got shape \(2, 4\)"),
+        ((2, 0, 4), r"at least one class channel; got shape \(2, 0, 4\)"),
+    ],
+)
+def test_wrong_rank_is_a_value_error(shape, match):
+    with pytest.raises(ValueError, match=match):
+        rankseg(torch.full(shape, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (float("nan"), r"NaN or infinite"),
+        (float("inf"), r"NaN or infinite"),
+        (-float("inf"), r"NaN or infinite"),
+        (1.5, r"probabilities in \[0, 1\]; got values from 0 to 1\.5"),
+        (-0.25, r"got values from -0\.25 to"),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_values_must_be_finite_probabilities(bad, match, dtype):
+    probs = torch.zeros(2, 3, 5, 5, dtype=dtype)
+    probs[1, 2, 3, 4] = bad
+    with pytest.raises(ValueError, match=match):
+        rankseg(probs, output_mode="multilabel")
+
+
+def test_single_channel_multiclass_is_refused_with_advice():
+    with pytest.raises(ValueError, match=r"at least two class channels.*output_mode='multilabel'"):
+        rankseg(torch.rand(2, 1, 8, 8))
+
+
+def test_void_index_that_is_a_class_is_refused():
+    with pytest.raises(ValueError, match=r"void_index=2 is a class index for 4 classes"):
+        rankseg(torch.softmax(torch.randn(1, 4, 8, 8), 1), unassigned_policy="void", void_index=2)
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_input_is_never_modified(output_mode):
+    probs = synthetic_probs(2, 3, (40, 40), seed=1)
+    before = probs.clone()
+    rankseg(probs, output_mode=output_mode)
+    rankseg(probs, output_mode=output_mode, smooth=1.0, metric="iou")
+    assert torch.equal(probs, before)
+    arr = probs.numpy().copy()
+    arr.setflags(write=False)  # read-only arrays are accepted too
+    rankseg(arr, output_mode=output_mode)
+    np.testing.assert_array_equal(arr, before.numpy())
+
+
+def test_long_rows_are_never_modified():
+    probs = synthetic_probs(1, 1, (1024, 1024), seed=2)
+    before = probs.clone()
+    rankseg(probs, output_mode="multilabel")
+    assert torch.equal(probs, before)
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_numpy_in_numpy_out(output_mode):
+    probs = synthetic_probs(2, 3, (16, 12), seed=3)
+    out = rankseg(probs.numpy(), output_mode=output_mode)
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == (np.int64 if output_mode == "multiclass" else np.bool_)
+    np.testing.assert_array_equal(out, rankseg(probs, output_mode=output_mode).numpy())
+
+
+def test_numpy_views_with_odd_layouts():
+    probs = synthetic_probs(2, 3, (16, 12), seed=3).numpy()
+    expected = rankseg(probs)
+    np.testing.assert_array_equal(rankseg(probs[:, :, ::-1])[:, ::-1], expected)  # negative strides
+    np.testing.assert_array_equal(rankseg(probs.astype(">f4")), expected)  # big-endian
+    np.testing.assert_array_equal(rankseg(np.asfortranarray(probs)), expected)
+
+
+def test_non_contiguous_tensors():
+    probs = synthetic_probs(2, 3, (16, 12), seed=3)
+    t = probs.transpose(2, 3)  # a non-contiguous view
+    assert torch.equal(rankseg(t), rankseg(t.contiguous()))
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_empty_batch_gives_empty_output(output_mode):
+    out = rankseg(torch.empty(0, 3, 8, 8), output_mode=output_mode)
+    assert out.shape == ((0, 8, 8) if output_mode == "multiclass" else (0, 3, 8, 8))
+    assert out.dtype == (torch.int64 if output_mode == "multiclass" else torch.bool)
+    out_np = rankseg(np.empty((0, 3, 8, 8)), output_mode=output_mode)
+    assert isinstance(out_np, np.ndarray) and out_np.shape == out.shape
+
+
+def test_zero_size_spatial_gives_empty_output():
+    assert rankseg(torch.empty(2, 3, 0, 5)).shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_half_precision_inputs_equal_the_same_values_in_float32(dtype, output_mode):
+    probs = synthetic_probs(2, 4, (48, 40), seed=5).to(dtype)
+    out = rankseg(probs, output_mode=output_mode)
+    assert torch.equal(out, rankseg(probs.float(), output_mode=output_mode))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_long_rows(dtype):
+    probs = synthetic_probs(1, 1, (800, 800), seed=5, bias=-1.0).to(dtype)
+    assert torch.equal(
+        rankseg(probs, output_mode="multilabel"), rankseg(probs.float(), output_mode="multilabel")
+    )
+
+
+@pytest.mark.parametrize("spatial", [(30,), (12, 10), (6, 5, 4)])
+def test_any_number_of_spatial_dims(spatial):
+    probs = synthetic_probs(2, 3, spatial, seed=4)
+    assert rankseg(probs).shape == (2, *spatial)
+    assert rankseg(probs, output_mode="multilabel").shape == (2, 3, *spatial)
+
+
+def test_predictor_validates_when_called_not_when_built():
+    predictor = RankSEG(metric="nope")  # stored as given
+    assert predictor.metric == "nope"
+    with pytest.raises(ValueError, match="metric must be one of"):
+        predictor(torch.rand(1, 2, 4))
