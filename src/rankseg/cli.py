@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -526,16 +527,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     good: list[PairResult] = []
     failed: dict[str, str] = {}
+    kinds = Counter((r.num_classes, r.baseline) for r in results if r.error is None)
+    kind = max(kinds, key=lambda k: kinds[k]) if kinds else None  # the most common; ties: the first
     for result in results:
-        if (
-            result.error is None
-            and good
-            and (result.num_classes != good[0].num_classes or result.baseline != good[0].baseline)
-        ):
+        if result.error is None and (result.num_classes, result.baseline) != kind:
             result.error = (
-                f"{result.name}: has {result.num_classes} classes ({result.baseline}) but {good[0].name} has "
-                f"{good[0].num_classes} ({good[0].baseline}); "
-                "evaluate one kind of map at a time (--num-classes)"
+                f"{result.name}: has {result.num_classes} classes ({result.baseline}) but "
+                f"{kinds[kind]} other maps have {kind[0]} ({kind[1]}); "
+                "--num-classes selects the maps to evaluate"
             )
         if result.error is not None:
             report.error(result.error)

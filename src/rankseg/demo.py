@@ -70,6 +70,7 @@ class DemoCase:
     """One example data set: probabilities, labels drawn from them, and the output mode."""
 
     name: str
+    slug: str  # file names of the saved data: slug.npy, or slug-1.npy, slug-2.npy, ... for a batch
     probs: Tensor  # (batch, classes, *spatial)
     labels: Tensor  # multiclass: int64 (batch, *spatial); multilabel: bool (batch, classes, *spatial)
     output_mode: str
@@ -119,12 +120,23 @@ def demo_cases(seed: int = 0) -> tuple[DemoCase, ...]:
     )
     jmlr = jmlr_example1(64, 1.05)
     return (
-        DemoCase("4 images, 5 classes, 128x128", images, sample_labels(images, seed=seed + 10), "multiclass"),
         DemoCase(
-            "1 volume, 5 classes, 48x48x48", volume, sample_labels(volume, seed=seed + 11), "multiclass"
+            "4 images, 5 classes, 128x128",
+            "image",
+            images,
+            sample_labels(images, seed=seed + 10),
+            "multiclass",
+        ),
+        DemoCase(
+            "1 volume, 5 classes, 48x48x48",
+            "volume",
+            volume,
+            sample_labels(volume, seed=seed + 11),
+            "multiclass",
         ),
         DemoCase(
             "JMLR example 1, w=64, beta=1.05",
+            "jmlr-example1",
             jmlr,
             sample_labels(jmlr, seed=seed + 12, output_mode="multilabel"),
             "multilabel",
@@ -279,11 +291,10 @@ def save_cases(cases: tuple[DemoCase, ...], folder: Path, force: bool = False) -
     written = []
     for case in cases:
         group = "multiclass" if case.output_mode == "multiclass" else "one-class"
-        stem = case.name.split(",")[0].replace(" ", "-").lower()
         for sub in ("probs", "labels"):
             (folder / group / sub).mkdir(parents=True, exist_ok=True)
         for b in range(case.probs.shape[0]):
-            name = f"{stem}-{b + 1}" if case.probs.shape[0] > 1 else stem
+            name = f"{case.slug}-{b + 1}" if case.probs.shape[0] > 1 else case.slug
             for sub, array in (("probs", case.probs[b].numpy()), ("labels", case.labels[b].numpy())):
                 path = folder / group / sub / f"{name}.npy"
                 written.append(
