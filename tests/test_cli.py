@@ -391,7 +391,8 @@ def test_evaluate_reports_each_bad_pair_by_name_and_evaluates_the_rest(tmp_path)
         f"{probs_dir / 'lonely.npy'}: no label file named lonely.* in {labels_dir}",
         f"{labels_dir / 'badlabel.npy'}: target holds the label 7; labels must lie in [0, 2]",
         f"{labels_dir / 'fraction.npy'}: holds non-integer float64 values",
-        "fourclass: has 4 classes (argmax) but 2 other maps have 3 (argmax); --num-classes selects",
+        f"{probs_dir / 'fourclass.npy'}: has 4 class channels (argmax) but 2 other maps have 3 (argmax); "
+        "--num-classes selects the maps to evaluate",
         f"{labels_dir / 'unreadable.png'}: cannot be read as .png",
         f"{probs_dir / 'good.pt'}: has the same name as {probs_dir / 'good.npy'}",
     ]

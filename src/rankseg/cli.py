@@ -16,7 +16,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TextIO
@@ -365,8 +365,15 @@ def _expand_inputs(inputs: Iterable[str], report: Reporter) -> list[Path]:
 def _predict(args: argparse.Namespace) -> int:
     report = Reporter("predict")
     solver = args.solver if args.solver is not None else DEFAULT_SOLVER
-    modes = [args.output_mode] if args.output_mode else ["multiclass", "multilabel"]
-    predictors = {mode: _predictor(args, solver, mode, report) for mode in modes}
+    first_mode = args.output_mode or "multiclass"
+    # checked now (a bad option is a usage error); a predictor per output mode, made when first needed
+    predictors = {first_mode: _predictor(args, solver, first_mode, report)}
+
+    def predictor_for(mode: str) -> RankSEG:
+        if mode not in predictors:
+            predictors[mode] = _predictor(args, solver, mode, report)
+        return predictors[mode]
+
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -397,7 +404,7 @@ def _predict(args: argparse.Namespace) -> int:
                     path,
                     f"is its own output {target}; choose another --out folder (inputs are never overwritten)",
                 )
-            _write_prediction(path, target, predictors, args)
+            _write_prediction(path, target, predictor_for, args)
             written += 1
         except InputError as exc:
             report.error(str(exc))
@@ -412,7 +419,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _write_prediction(
-    path: Path, target: Path, predictors: dict[str, RankSEG], args: argparse.Namespace
+    path: Path, target: Path, predictor_for: Callable[[str], RankSEG], args: argparse.Namespace
 ) -> None:
     probs, like = load_probs(path, logits=args.logits, activation=args.activation)
     classes = probs.shape[0]
@@ -426,7 +433,7 @@ def _write_prediction(
         if out is not None and not args.force and out.exists():
             raise InputError(out, "exists; pass --force to overwrite it")
     try:
-        mask = predictors[mode](probs[None])[0]
+        mask = predictor_for(mode)(probs[None])[0]
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
     write_mask(target, mask, like=like, num_classes=classes, force=args.force)
@@ -529,10 +536,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     kinds = Counter((r.num_classes, r.baseline) for r in results if r.error is None)
     kind = max(kinds, key=lambda k: kinds[k]) if kinds else None  # the most common; ties: the first
-    for result in results:
+    for task, result in zip(tasks, results, strict=True):
         if result.error is None and (result.num_classes, result.baseline) != kind:
             result.error = (
-                f"{result.name}: has {result.num_classes} classes ({result.baseline}) but "
+                f"{task.probs_path}: has {result.num_classes} class channels ({result.baseline}) but "
                 f"{kinds[kind]} other maps have {kind[0]} ({kind[1]}); "
                 "--num-classes selects the maps to evaluate"
             )
