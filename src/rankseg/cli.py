@@ -578,6 +578,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             saved.append(_plot_gains(plt, summary, args.plot, args.force))
     except InputError as exc:
         report.error(str(exc))
+    except OSError as exc:
+        report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
     for path in saved:
         print(f"saved {path}")
     return 1 if report.failed else 0
@@ -664,6 +666,9 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(out=args.out, force=args.force, save_data=args.save_data)
     except InputError as exc:
         report.error(str(exc))
+        return 1
+    except OSError as exc:
+        report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
         return 1
     return 0
 
