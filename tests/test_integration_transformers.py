@@ -8,8 +8,10 @@ argmax, and ``postprocess`` with accuracy/argmax must be the official segmentati
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -169,6 +171,20 @@ def test_half_precision_outputs_are_restored_in_float32(case, dtype):
         assert torch.equal(p, r)
 
 
+@pytest.mark.parametrize("name", ["segformer", "mask2former", "eomt_split", "sam3"])
+def test_restoration_runs_on_the_outputs_device(cases, device, name):
+    case = cases(name)
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.outputs.items()}
+    sizes = torch.tensor(IMAGE_SIZES, device=device)
+    probs = hf.restore_semantic_probs(moved, model=case.model, target_sizes=sizes, **case.kwargs)
+    reference = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for p, r in zip(probs, reference, strict=True):
+        assert p.device.type == device.type
+        torch.testing.assert_close(p.cpu(), r, rtol=1e-5, atol=1e-6)
+    preds = hf.postprocess(moved, model=case.model, target_sizes=sizes, **case.kwargs)
+    assert all(pred.device.type == device.type for pred in preds)
+
+
 def test_default_output_mode_and_explicit_override(segformer):
     labels = hf.postprocess(segformer.outputs, target_sizes=IMAGE_SIZES)
     assert [(p.shape, p.dtype) for p in labels] == [(size, torch.int64) for size in IMAGE_SIZES]
@@ -241,6 +257,16 @@ def test_eomt_size_may_be_a_plain_dict(cases, name):
     size = case.kwargs["size"]
     plain = {"shortest_edge": size.shortest_edge, "longest_edge": size.longest_edge}
     a = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, size=plain)
+    b = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_eomt_patch_offsets_may_be_plain_lists(cases):
+    case = cases("eomt_split")
+    fields = dict(case.outputs)
+    as_lists = {**fields, "patch_offsets": [offset.tolist() for offset in fields["patch_offsets"]]}
+    a = hf.restore_semantic_probs(as_lists, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs)
     b = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
@@ -456,3 +482,11 @@ def test_importing_the_module_does_not_import_transformers():
     code = "import sys, rankseg.integration.transformers; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_segformer_example_runs_and_its_acc_decoding_is_the_official_output(capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "transformers_segformer.py"
+    runpy.run_path(str(example), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert all("-> RankSEG" in line and line.endswith("equals the official output: True") for line in lines)
