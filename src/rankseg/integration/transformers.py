@@ -444,17 +444,17 @@ def _restore_eomt(outputs: Any, target_sizes: Any, size: Any) -> tuple[_GroupedM
     """EoMT: masks resized to the processor's ``size``, the mixture, then either patches merged
     per image (``patch_offsets``) or a per-image resize; finally normalised (section 2)."""
     class_logits, mask_logits = _query_fields(outputs, "class_queries_logits", "masks_queries_logits")
-    shortest, longest = _eomt_size(size)
-    mask_logits = F.interpolate(
-        as_float32(mask_logits), size=(shortest, longest or shortest), mode="bilinear", align_corners=False
-    )
-    scores = _query_scores(class_logits, mask_logits.sigmoid(), drop_null=True)
     if target_sizes is None:
         raise ValueError(
             "target_sizes is required for EoMT outputs, as in the official post-processing: pass the "
             "original (height, width) of each image"
         )
-    offsets = _patch_offsets(field(outputs, "patch_offsets"), scores.shape[0])
+    shortest, longest = _eomt_size(size)
+    offsets = _patch_offsets(field(outputs, "patch_offsets"), class_logits.shape[0])
+    mask_logits = F.interpolate(
+        as_float32(mask_logits), size=(shortest, longest or shortest), mode="bilinear", align_corners=False
+    )
+    scores = _query_scores(class_logits, mask_logits.sigmoid(), drop_null=True)
     if not offsets:
         sizes = _sizes(target_sizes, scores.shape[0])
         return _resize_groups(scores, sizes, _normalise), scores.shape[0]
