@@ -298,6 +298,21 @@ def test_eomt_without_size_or_with_inconsistent_patches_is_refused(cases):
         )
 
 
+@pytest.mark.parametrize(
+    ("offsets", "error", "match"),
+    [
+        pytest.param([[1, 0, 64]] * 4, ValueError, r"no patch for image\(s\) \[0\] of 2", id="image-missing"),
+        pytest.param([[0, 64, 0]] * 4, ValueError, r"\[0, 64, 0\] is not a valid", id="empty-range"),
+        pytest.param({"a": 1}, TypeError, "must be a list of .*; got dict", id="not-a-list"),
+    ],
+)
+def test_eomt_malformed_patch_offsets_are_refused(cases, offsets, error, match):
+    case = cases("eomt_split")
+    fields = {**dict(case.outputs), "patch_offsets": offsets}
+    with pytest.raises(error, match=match):
+        hf.restore_semantic_probs(fields, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs)
+
+
 def test_eomt_merge_canvas_matches_transformers_size_rule():
     from transformers.image_transforms import get_size_with_aspect_ratio
 
@@ -425,6 +440,12 @@ def test_query_shapes_are_checked_with_a_known_model():
     fields = {"class_queries_logits": torch.randn(1, 5), "masks_queries_logits": torch.randn(1, 5, 8, 8)}
     with pytest.raises(ValueError, match=r"class_queries_logits must have shape \(batch, queries, classes\)"):
         hf.restore_semantic_probs(fields, model=SimpleNamespace(model_type="mask2former"))
+
+
+def test_class_logits_without_room_for_the_null_class_are_refused():
+    fields = {"logits": torch.randn(1, 5, 1), "pred_masks": torch.randn(1, 5, 8, 8)}
+    with pytest.raises(ValueError, match=r"shape \(1, 5, 1\) must hold at least one class plus the null"):
+        hf.restore_semantic_probs(fields, model=SimpleNamespace(model_type="detr"))
 
 
 def test_seggpt_rfdetr_and_clipseg_outputs_are_refused():
