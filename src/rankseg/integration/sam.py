@@ -51,8 +51,8 @@ __all__ = ["Sam1", "Sam2", "Sam3"]
 
 #: One ``(height, width)`` per image: a ``(B, 2)`` tensor/array, a list of pairs, or one pair for ``B == 1``.
 Sizes = Tensor | np.ndarray | Sequence[Sequence[int]] | Sequence[int]
-#: SAM1 pad size: ``{"height": h, "width": w}`` (the processor's ``pad_size``), ``(h, w)``, an int, or None.
-PadSize = Mapping[str, int] | Sequence[int] | int | None
+#: SAM1 pad size: the processor's ``pad_size`` (``height``/``width``), a dict, ``(h, w)``, an int, or None.
+PadSize = Any
 
 # Output classes of each family, by name (transformers 5.x); the adapter that restores them.
 _FAMILY_BY_CLASS = {
@@ -187,16 +187,16 @@ def _prompt_mask_logits(outputs: Any, adapter: str) -> Tensor:
 
 
 def _pad_size(pad_size: PadSize) -> tuple[int, int]:
-    """``None`` (SamImageProcessor's 1024x1024), an int, a ``{"height", "width"}`` dict (as
-    ``processor.image_processor.pad_size``) or a ``(height, width)`` pair."""
+    """``None`` (SamImageProcessor's 1024x1024), an int, a ``{"height", "width"}`` dict, an object
+    with ``height`` and ``width`` (``processor.image_processor.pad_size``) or a ``(height, width)`` pair."""
     if pad_size is None:
         return _SAM1_PAD_SIZE
     if isinstance(pad_size, Mapping):
         if not {"height", "width"} <= set(pad_size):
-            raise ValueError(
-                f"pad_size as a dict must have 'height' and 'width' keys; got {dict(pad_size)!r}"
-            )
+            raise ValueError(f"pad_size as a dict needs 'height' and 'width' keys; got {dict(pad_size)!r}")
         pad_size = (pad_size["height"], pad_size["width"])
+    elif hasattr(pad_size, "height") and hasattr(pad_size, "width"):  # transformers' SizeDict
+        pad_size = (pad_size.height, pad_size.width)
     elif isinstance(pad_size, numbers.Integral) and not isinstance(pad_size, bool):
         pad_size = (pad_size, pad_size)
     return parse_sizes([pad_size], 1, "pad_size")[0]
@@ -249,8 +249,9 @@ class Sam1:
     Args:
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
             to ``"multilabel"`` (one binary map per mask).
-        pad_size: the size the processor padded to: ``processor.image_processor.pad_size`` (a
-            ``{"height", "width"}`` dict), a ``(height, width)`` pair or an int. ``None``:
+        pad_size: the size the processor padded to: ``processor.image_processor.pad_size`` (an
+            object with ``height`` and ``width``), a ``{"height", "width"}`` dict, a
+            ``(height, width)`` pair or an int. ``None``:
             1024x1024, the ``SamImageProcessor`` default.
 
     Example:
