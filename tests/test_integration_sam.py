@@ -710,3 +710,15 @@ def test_constructors_store_arguments_untouched_and_repr():
     )
     assert repr(Sam3(threshold=0.5)) == "Sam3(rankseg_kwargs=None, threshold=0.5)"
     assert sam.__all__ == ["Sam1", "Sam2", "Sam3"]
+
+
+def test_the_example_runs(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "sam_prompt_masks.py"
+    monkeypatch.setattr("sys.argv", [str(example)])
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "probabilities [(3, 3, 480, 640), (3, 3, 600, 400)]" in out
+    assert "RankSEG changed" in out and "RankSEG changed 0 of" not in out
