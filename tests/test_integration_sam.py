@@ -699,6 +699,8 @@ def test_bad_fields_name_the_field_and_the_shape(sam3_case):
         Sam3().restore_instance_mask_probs(sam3_case.outputs, (48, 80))
     with pytest.raises(TypeError, match=r"threshold must be a real number .* got '0\.3'"):
         Sam3(threshold="0.3").restore_instance_mask_probs(sam3_case.outputs, TARGETS)
+    with pytest.raises(ValueError, match=r"threshold must be a real number .* got nan"):
+        Sam3(threshold=float("nan")).postprocess_instance(sam3_case.outputs, TARGETS)
 
 
 def test_constructors_store_arguments_untouched_and_repr():
@@ -722,3 +724,12 @@ def test_the_example_runs(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "probabilities [(3, 3, 480, 640), (3, 3, 600, 400)]" in out
     assert "RankSEG changed" in out and "RankSEG changed 0 of" not in out
+
+
+def test_importing_the_sam_adapters_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys; from rankseg.integration import sam; sam.Sam1; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

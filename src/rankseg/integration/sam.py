@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._predictor import RankSEG
 from ._common import as_float32, field, make_predictor, parse_sizes
 
 __all__ = ["Sam1", "Sam2", "Sam3"]
@@ -209,8 +210,10 @@ def _check_flag(value: Any, name: str) -> bool:
 
 
 def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"threshold must be a real number (scores above it are kept); got {value!r}")
+    if math.isnan(value):
+        raise ValueError("threshold must be a real number (scores above it are kept); got nan")
     return float(value)
 
 
@@ -229,7 +232,7 @@ def _suppress_overlaps(logits: Tensor) -> Tensor:
     return torch.where(winner == prompt, logits, logits.clamp(max=_NON_OVERLAP_LOGIT))
 
 
-def _masks_per_image(predictor: Any, probs: list[Tensor]) -> list[Tensor]:
+def _masks_per_image(predictor: RankSEG, probs: list[Tensor]) -> list[Tensor]:
     return [predictor(p) for p in probs]
 
 
