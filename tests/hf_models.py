@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,8 @@ from unittest import mock
 import numpy as np
 import torch
 import transformers as T
+
+from torchvision_stub import official_processor
 
 NUM_LABELS = 4
 IMAGE_SIZES = [(48, 80), (70, 50)]  # (height, width) of the two test images
@@ -377,42 +377,6 @@ def conditional_detr() -> Case:
 # SAM3 semantic_seg (B, 1, h, w). Its image processor exists only with torchvision.
 
 
-@contextlib.contextmanager
-def torchvision_stub():
-    """Throw-away ``torchvision`` modules in ``sys.modules`` while a torchvision-only transformers
-    module is imported (design note 8.2); the post-processing methods then run unbound. The stubs
-    have no working functions and are removed on exit; this stays inside the test suite."""
-    from transformers.utils import is_torchvision_available
-
-    is_torchvision_available()  # cached now, so that the stubs cannot change what it reports later
-    names = ["torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms"]
-    names += ["torchvision.transforms.v2", "torchvision.transforms.v2.functional"]
-    saved = {name: sys.modules.get(name) for name in names}
-    stubs = {name: types.ModuleType(name) for name in names}
-    for name, stub in stubs.items():
-        stub.__getattr__ = lambda attr, _name=name: mock.MagicMock(name=f"{_name}.{attr}")  # type: ignore[method-assign]
-        sys.modules[name] = stub
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-def sam3_official_processor_class() -> Any:
-    """``Sam3ImageProcessor`` (the torchvision backend class), imported under the stub."""
-    module_name = "transformers.models.sam3.image_processing_sam3"
-    if module_name in sys.modules:
-        return sys.modules[module_name].Sam3ImageProcessor
-    with torchvision_stub():
-        processor_cls = importlib.import_module(module_name).Sam3ImageProcessor
-    sys.modules.pop(module_name)  # a later import starts afresh; the class keeps its own globals
-    return processor_cls
-
-
 def sam3() -> Case:
     torch.manual_seed(0)
     vit = T.Sam3ViTConfig(
@@ -458,8 +422,8 @@ def sam3() -> Case:
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=torch.ones_like(input_ids)
         )
     outputs = spread(outputs, ("semantic_seg",))
-    official_cls = sam3_official_processor_class()
-    official = official_cls.post_process_semantic_segmentation.__get__(object.__new__(official_cls))
+    processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
+    official = processor.post_process_semantic_segmentation
     return Case("sam3", model, outputs, IMAGE_SIZES, official)
 
 

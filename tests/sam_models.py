@@ -4,23 +4,19 @@ post-processors, for ``tests/test_integration_sam.py``.
 Configs follow ``shared/design/hf-postprocess.md`` section 8.1. Every case is a batch of two images
 of different original sizes, (48, 80) and (70, 50), with three single-point prompts per image.
 
-``Sam2ImageProcessor`` and ``Sam3ImageProcessor`` exist only as torchvision backends, and torchvision
-cannot be installed here. :func:`official_processor` imports them with throw-away stub modules named
-``torchvision...`` that live in ``sys.modules`` only during that import (design note 8.2); their
-post-processing methods use only ``torch.nn.functional`` and are called on an uninitialised instance.
+``Sam2ImageProcessor`` and ``Sam3ImageProcessor`` exist only as torchvision backends; they come from
+:func:`torchvision_stub.official_processor`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from torchvision_stub import official_processor
 
 IMAGE_SIZES = [(48, 80), (70, 50)]  # (height, width) of the two original images
 # (batch=2, point_batch=3, points_per_prompt=1, xy) in original-image pixels
@@ -218,66 +214,3 @@ def build_sam3() -> SamCase:
         )
     processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
     return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor)
-
-
-# --------------------------------------------------------------------------------------------------
-# Official torchvision-only processors
-
-
-def _torchvision_importable() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # absent, or a CUDA wheel that fails against CPU torch
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _torchvision_stubs():
-    """Stub ``torchvision`` modules in ``sys.modules`` for the duration of one import only."""
-    names = [
-        "torchvision",
-        "torchvision.ops",
-        "torchvision.ops.boxes",
-        "torchvision.transforms",
-        "torchvision.transforms.v2",
-        "torchvision.transforms.v2.functional",
-    ]
-    if any(name in sys.modules for name in names):
-        raise RuntimeError("a torchvision module is already imported; refusing to stub it")
-
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("torchvision stub: only post-processing can be tested without torchvision")
-
-    stubs = {name: types.ModuleType(name) for name in names}
-    stubs["torchvision.ops.boxes"].batched_nms = unavailable
-    stubs["torchvision.ops"].batched_nms = unavailable
-    sys.modules.update(stubs)
-    try:
-        yield
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
-
-
-def official_processor(module_name: str, class_name: str) -> Any:
-    """An uninitialised instance of a torchvision-only image processor, whose ``post_process_*``
-    methods are pure torch; ``None`` when even the stubbed import fails (the test then skips the
-    direct call and relies on its re-statement of the official formula)."""
-    if _torchvision_importable():
-        module = importlib.import_module(module_name)
-        return object.__new__(getattr(module, class_name))
-    if module_name in sys.modules:  # imported earlier with stubs and then forgotten; import afresh
-        del sys.modules[module_name]
-    try:
-        with _torchvision_stubs():
-            module = importlib.import_module(module_name)
-    except Exception:
-        return None
-    finally:
-        # The module is bound to the stubs: keep our reference only, not the global registration.
-        sys.modules.pop(module_name, None)
-        parent, _, child = module_name.rpartition(".")
-        if parent in sys.modules and child in vars(sys.modules[parent]):
-            delattr(sys.modules[parent], child)
-    return object.__new__(getattr(module, class_name))

@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._predictor import RankSEG
-from ._common import as_float32, field, make_predictor, parse_sizes
+from ._common import as_float32, bilinear, field, make_predictor, parse_sizes, resize_probabilities
+from .transformers import restore_semantic_probs
 
 __all__ = ["Sam1", "Sam2", "Sam3"]
 
@@ -217,11 +217,6 @@ def _check_threshold(value: Any) -> float:
     return float(value)
 
 
-def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(N, C, h, w)`` maps, as every SAM post-processor does it."""
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-
-
 def _suppress_overlaps(logits: Tensor) -> Tensor:
     """SAM2's non-overlapping constraint on ``(P, M, H, W)`` logits: where prompt ``p`` is not the
     arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt is unchanged."""
@@ -303,8 +298,8 @@ class Sam1:
                 )
         probs = []
         for i, (height, width) in enumerate(reshaped):
-            padded = _resize(as_float32(logits[i]), pad)
-            probs.append(torch.sigmoid(_resize(padded[..., :height, :width], originals[i])))
+            padded = bilinear(as_float32(logits[i]), pad)
+            probs.append(torch.sigmoid(bilinear(padded[..., :height, :width], originals[i])))
         return probs
 
     def postprocess(self, outputs: Any, original_sizes: Sizes, reshaped_input_sizes: Sizes) -> list[Tensor]:
@@ -382,7 +377,7 @@ class Sam2:
         originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
         probs = []
         for i, size in enumerate(originals):
-            resized = _resize(as_float32(logits[i]), size)
+            resized = bilinear(as_float32(logits[i]), size)
             if non_overlap:
                 resized = _suppress_overlaps(resized)
             probs.append(torch.sigmoid(resized))
@@ -493,7 +488,7 @@ class Sam3:
             probs = torch.sigmoid(as_float32(mask_logits[i][keep]))  # (K, h, w)
             if sizes is not None:
                 if probs.shape[0] > 0:
-                    probs = _resize(probs[None], sizes[i])[0]
+                    probs = resize_probabilities(probs[None], sizes[i])[0]
                 else:
                     probs = probs.new_zeros((0, *sizes[i]))
             results.append({"scores": scores[i][keep], "boxes": boxes[i][keep], "mask_probs": probs})
@@ -531,11 +526,8 @@ class Sam3:
             raise ValueError(
                 f"outputs.semantic_seg must have shape (batch, 1, height, width); got {tuple(semantic.shape)}"
             )
-        sizes = None if target_sizes is None else parse_sizes(target_sizes, semantic.shape[0], "target_sizes")
-        probs = torch.sigmoid(as_float32(semantic))  # sigmoid before the resize, as the official code
-        if sizes is None:
-            return list(probs.unbind(0))
-        return [_resize(probs[i : i + 1], size)[0] for i, size in enumerate(sizes)]
+        # the same map as any other semantic_seg output: one implementation, in transformers.py
+        return restore_semantic_probs({"semantic_seg": semantic}, target_sizes=target_sizes)
 
     def postprocess_semantic(self, outputs: Any, target_sizes: Sizes | None = None) -> list[Tensor]:
         """RankSEG semantic masks: ``RankSEG(**rankseg_kwargs)(probs[None])[0, 0]`` per image.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import as_float32, field, make_predictor, parse_sizes
+from ._common import as_float32, bilinear, field, make_predictor, parse_sizes
 
 __all__ = ["postprocess", "restore_semantic_probs"]
 
@@ -374,7 +374,7 @@ def _restore_semantic_seg(outputs: Any, target_sizes: Any) -> tuple[_GroupedMaps
     """
     logits = as_float32(_tensor(outputs, "semantic_seg", 4, "(batch, channels, height, width)"))
     sizes = _sizes(target_sizes, logits.shape[0])
-    return _resize_groups(logits.sigmoid(), sizes, lambda maps: maps.clamp(0.0, 1.0)), logits.shape[0]
+    return _resize_groups(logits.sigmoid(), sizes, lambda maps: maps.clamp_(0.0, 1.0)), logits.shape[0]
 
 
 _PLAIN_RESTORERS: dict[str, Callable[[Any, Any], tuple[_GroupedMaps, int]]] = {
@@ -606,6 +606,6 @@ def _resize_groups(
     groups = []
     for target, index in by_size.items():
         group = maps if len(index) == maps.shape[0] else maps[index]
-        resized = F.interpolate(group, size=target, mode="bilinear", align_corners=False, antialias=antialias)
+        resized = bilinear(group, target, antialias=antialias)
         groups.append((index, finish(resized)))
     return groups
