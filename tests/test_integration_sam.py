@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-import sam_models  # noqa: E402
 from rankseg import RankSEG  # noqa: E402
 from rankseg.integration import sam  # noqa: E402
 from rankseg.integration.sam import Sam1, Sam2, Sam3  # noqa: E402
+
+import sam_models  # noqa: E402
 
 TARGETS = [tuple(s) for s in sam_models.IMAGE_SIZES]
 RANKSEG_KWARGS = [None, {"metric": "iou"}, {"metric": "dice", "output_mode": "multiclass"}]

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-import hf_models  # needs transformers
-from hf_models import IMAGE_SIZES, NUM_LABELS
 from rankseg import RankSEG
 from rankseg.integration import transformers as hf
+
+import hf_models  # needs transformers
+from hf_models import IMAGE_SIZES, NUM_LABELS
 
 SINGLE_CHANNEL = {"sam3"}  # semantic_seg: one sigmoid channel, multilabel by default
 NEEDS_TARGET_SIZES = {"eomt_split", "eomt_pad"}
