@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import transformers as T
 
-from torchvision_stub import official_processor
+import sam_models
 
 NUM_LABELS = 4
 IMAGE_SIZES = [(48, 80), (70, 50)]  # (height, width) of the two test images
@@ -378,53 +378,11 @@ def conditional_detr() -> Case:
 
 
 def sam3() -> Case:
-    torch.manual_seed(0)
-    vit = T.Sam3ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=224,
-        patch_size=14,
-        window_size=8,
-        global_attn_indexes=[0, 1],
-    )
-    config = T.Sam3Config(
-        vision_config=T.Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=32, scale_factors=[2.0, 1.0]),
-        text_config={
-            "vocab_size": 1000,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "projection_dim": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-            "hidden_act": "gelu",
-        },
-        geometry_encoder_config=T.Sam3GeometryEncoderConfig(
-            hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
-        ),
-        detr_encoder_config=T.Sam3DETREncoderConfig(
-            hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
-        ),
-        detr_decoder_config=T.Sam3DETRDecoderConfig(
-            hidden_size=32, num_layers=1, num_queries=5, num_attention_heads=4, intermediate_size=64
-        ),
-        mask_decoder_config=T.Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2),
-    )
-    model = T.Sam3Model(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    # The official processor squashes every image to 224x224 (no padding); random pixels stand in.
-    pixel_values = torch.randn(len(IMAGE_SIZES), 3, 224, 224, generator=generator)
-    input_ids = torch.randint(0, 1000, (len(IMAGE_SIZES), 16), generator=generator)
-    with torch.no_grad():
-        outputs = model(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=torch.ones_like(input_ids)
-        )
-    outputs = spread(outputs, ("semantic_seg",))
-    processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
-    official = processor.post_process_semantic_segmentation
-    return Case("sam3", model, outputs, IMAGE_SIZES, official)
+    """SAM3 ``semantic_seg`` (B, 1, h, w): the tiny Sam3Model of the SAM tests, whose official
+    processor exists only with torchvision (imported under a test-only stub)."""
+    case = sam_models.build_sam3()
+    outputs = spread(case.outputs, ("semantic_seg",))
+    return Case("sam3", case.model, outputs, IMAGE_SIZES, case.processor.post_process_semantic_segmentation)
 
 
 BUILDERS: dict[str, Callable[[], Case]] = {

@@ -31,6 +31,7 @@ class SamCase:
     original_sizes: torch.Tensor  # (2, 2) int64, as processors return it
     reshaped_input_sizes: torch.Tensor | None = None  # SAM1 only
     processor: Any = None  # the official image processor
+    model: Any = None
 
 
 def _points_in(square: int) -> torch.Tensor:
@@ -168,7 +169,7 @@ def build_sam3_tracker() -> SamCase:
             input_labels=torch.ones(2, 3, 1, dtype=torch.long),
         )
     processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
-    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor)
+    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor, model)
 
 
 def build_sam3() -> SamCase:
@@ -213,4 +214,4 @@ def build_sam3() -> SamCase:
             attention_mask=torch.ones(2, 16, dtype=torch.long),
         )
     processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
-    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor)
+    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor, model)
