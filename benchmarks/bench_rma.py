@@ -1,4 +1,9 @@
-"""RankSEG RMA against argmax / a 0.5 threshold: median time and extra peak memory, one run.
+"""RankSEG against argmax / a 0.5 threshold, and its solvers against each other, in one run.
+
+``--suite rma`` (default): RMA Dice and IoU against ``probs.argmax(1)`` (``probs > 0.5`` for one
+class) on the core issue's six shapes. ``--suite solvers``: RMA, exact, BA, TRNA and BA+TRNA (Dice)
+and RMA, exact (IoU) on three shapes, multilabel output, with the exact expected metric each
+solver's masks reach and its gap to the exact optimum (``rankseg.metrics``).
 
 Every method runs on the same input, in interleaved rounds (argmax, RMA-Dice, RMA-IoU, argmax,
 ...), so that the ratios are measured under the same machine load; the printed ratio is the
@@ -7,7 +12,8 @@ largest amount of tensor memory a call holds beyond its input, output included
 (:func:`extra_peak_bytes`). Inputs are :func:`rankseg.data.synthetic_probs` maps (smooth logits
 upsampled from 1/8 resolution, softmax over classes; sigmoid with bias -2 for one class).
 
-    python benchmarks/bench_rma.py                   # the README table (CPU, 2 threads)
+    python benchmarks/bench_rma.py                   # the README's first table (CPU, 2 threads)
+    python benchmarks/bench_rma.py --suite solvers   # the README's solver table
     python benchmarks/bench_rma.py --device cuda     # on a GPU
     python benchmarks/bench_rma.py --shapes 1,1,1024,1024 --rounds 50
 """
@@ -29,6 +35,7 @@ SHAPES = [
     (1, 3, 128, 128, 128),
     (1, 1, 1024, 1024),
 ]
+SOLVER_SHAPES = [(1, 1, 512, 512), (1, 1, 1024, 1024), (1, 21, 512, 512)]
 
 
 def make_input(shape: tuple[int, ...], device: str) -> torch.Tensor:
@@ -36,6 +43,34 @@ def make_input(shape: tuple[int, ...], device: str) -> torch.Tensor:
 
     bias = -2.0 if shape[1] == 1 else 0.0
     return synthetic_probs(shape[0], shape[1], shape[2:], seed=0, bias=bias).to(device)
+
+
+def solver_methods(shape: tuple[int, ...]) -> dict:
+    """name -> callable(probs) for the solver suite; the first entry (RMA Dice) is the baseline."""
+    from rankseg import RankSEG
+
+    table = {}
+    for metric, solvers in (("dice", ("RMA", "exact", "BA", "TRNA", "BA+TRNA")), ("iou", ("RMA", "exact"))):
+        for solver in solvers:
+            name = f"{solver} {'Dice' if metric == 'dice' else 'IoU'}"
+            table[name] = RankSEG(metric=metric, solver=solver, output_mode="multilabel", pruning_prob=0.0)
+    return table
+
+
+def expected_gaps(shape, probs, table) -> dict:
+    """Mean exact expected metric of each method's masks, and its largest gap (over images and
+    classes) below the exact solver's masks."""
+    from rankseg.metrics import expected_dice, expected_iou
+
+    reached = {}
+    for name, fn in table.items():
+        metric_fn = expected_dice if name.endswith("Dice") else expected_iou
+        reached[name] = metric_fn(probs, fn(probs))
+    out = {}
+    for name, value in reached.items():
+        best = reached["exact Dice" if name.endswith("Dice") else "exact IoU"]
+        out[name] = (float(value.mean()), float((best - value).max()))
+    return out
 
 
 def methods(shape: tuple[int, ...]) -> dict:
@@ -56,9 +91,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_methods(shape, device, rounds):
+def time_methods(shape, device, rounds, table):
     probs = make_input(shape, device)
-    table = methods(shape)
     for fn in table.values():  # warm up
         fn(probs)
     times = {name: [] for name in table}
@@ -120,29 +154,47 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
-    parser.add_argument("--shapes", nargs="*", help="shapes like 1,21,512,512 (default: the issue's six)")
+    parser.add_argument("--suite", default="rma", choices=["rma", "solvers"])
+    parser.add_argument("--shapes", nargs="*", help="shapes like 1,21,512,512 (default: the suite's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    default_shapes = SHAPES if args.suite == "rma" else SOLVER_SHAPES
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else default_shapes
+    make_table = methods if args.suite == "rma" else solver_methods
     print(f"# torch {torch.__version__}, device {args.device}, {args.threads} threads, {args.rounds} rounds")
-    header = "| shape | input MB | method | median ms | x baseline | extra peak MB | x input |"
-    print(header)
-    print("|---|---|---|---|---|---|---|")
+    if args.suite == "rma":
+        print("| shape | input MB | method | median ms | x baseline | extra peak MB | x input |")
+        print("|---|---|---|---|---|---|---|")
+    else:
+        print(
+            "| shape | method | median ms | x RMA Dice | extra peak MB | x input "
+            "| mean expected | gap to exact |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        medians, ratios = time_methods(shape, args.device, args.rounds)
+        table = make_table(shape)
+        medians, ratios = time_methods(shape, args.device, args.rounds, table)
         input_bytes = torch.Size(shape).numel() * 4
         probs = make_input(shape, args.device)
-        for name, fn in methods(shape).items():
+        gaps = expected_gaps(shape, probs, table) if args.suite == "solvers" else {}
+        for name, fn in table.items():
             extra = None if args.no_memory else extra_peak_bytes(fn, probs, args.device)
-            mem = "" if extra is None else f"{extra / 2**20:.1f} | {extra / input_bytes:.2f}"
+            mem = "- | -" if extra is None else f"{extra / 2**20:.1f} | {extra / input_bytes:.2f}"
             label = "x".join(map(str, shape))
-            print(
-                f"| {label} | {input_bytes / 2**20:.0f} | {name} | {medians[name] * 1e3:.2f} "
-                f"| {ratios[name]:.2f} | {mem or '- | -'} |",
-                flush=True,
-            )
+            if args.suite == "rma":
+                row = (
+                    f"| {label} | {input_bytes / 2**20:.0f} | {name} | {medians[name] * 1e3:.2f} "
+                    f"| {ratios[name]:.2f} | {mem} |"
+                )
+            else:
+                mean, gap = gaps[name]
+                row = (
+                    f"| {label} | {name} | {medians[name] * 1e3:.1f} | {ratios[name]:.1f} | {mem} "
+                    f"| {mean:.6f} | {gap:.1e} |"
+                )
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

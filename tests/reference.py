@@ -108,3 +108,77 @@ def resolve_multiclass(
                     best, best_k = gain, k
             labels[i, j] = best_k
     return labels
+
+
+def brute_expected(metric: str, p: np.ndarray, mask: np.ndarray, gamma: float) -> float:
+    """Expected Dice/IoU of ``mask`` by enumerating all 2^d label vectors (d <= ~16)."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    mask = np.asarray(mask, dtype=bool).ravel()
+    d = p.size
+    labels = ((np.arange(2**d)[:, None] >> np.arange(d)[None, :]) & 1).astype(bool)  # (2^d, d)
+    weights = np.prod(np.where(labels, p, 1 - p), axis=1)
+    inter = (labels & mask).sum(axis=1)
+    size_y = labels.sum(axis=1)
+    tau = mask.sum()
+    if metric == "dice":
+        num, den = 2 * inter + gamma, tau + size_y + gamma
+    else:
+        num, den = inter + gamma, tau + size_y - inter + gamma
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+    return float((weights * values).sum())
+
+
+def brute_curve(metric: str, p: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Expected metric of every top-tau set (tau = 0..d) by enumeration, and p sorted decreasingly."""
+    ordered = np.sort(np.asarray(p, dtype=np.float64).ravel())[::-1]
+    d = ordered.size
+    curve = np.array([brute_expected(metric, ordered, np.arange(d) < tau, gamma) for tau in range(d + 1)])
+    return curve, ordered
+
+
+def trna_reference(p: np.ndarray, gamma: float, eps: float) -> np.ndarray:
+    """TRNA scores pi(tau), tau = 0..d, straight from the JMLR definition (design note section 4).
+
+    Loops over tau and evaluates each Gamma_-(tau) pmf from its own moments: slow and obvious.
+    """
+    from math import erf, exp, pi, sqrt
+
+    ordered = np.sort(np.asarray(p, dtype=np.float64).ravel())[::-1]
+    d = ordered.size
+    q = ordered * (1 - ordered)
+    mu, var, m3 = ordered.sum(), q.sum(), (q * (1 - 2 * ordered)).sum()
+
+    def cdf(k, mean, variance, third):
+        if variance <= 1e-12:
+            return 1.0 if k + 0.5 >= mean else 0.0
+        sigma = sqrt(variance)
+        x = (k + 0.5 - mean) / sigma
+        g = 0.5 * (1 + erf(x / sqrt(2))) + third / sigma**3 * (1 - x * x) * exp(-0.5 * x * x) / (
+            6 * sqrt(2 * pi)
+        )
+        return min(max(g, 0.0), 1.0)
+
+    lq = next(k for k in range(d + 1) if cdf(k, mu, var, m3) > eps / 2)
+    uq = max(lq, next(k for k in range(d + 1) if cdf(k, mu, var, m3) >= 1 - eps / 2))
+    support = np.arange(lq, uq + 1)
+
+    def pmf(mean, variance, third):
+        values = np.array(
+            [cdf(k, mean, variance, third) - cdf(k - 1, mean, variance, third) for k in support]
+        )
+        values = np.clip(values, 0, None)
+        return values / values.sum() if values.sum() > 0 else values
+
+    full = pmf(mu, var, m3)
+    scores = np.zeros(d + 1)
+    scores[0] = gamma * np.sum(full / (support + gamma)) if gamma > 0 else 0.0
+    w = np.zeros(support.size)
+    for tau in range(1, d + 1):
+        pj = ordered[tau - 1]
+        qj = pj * (1 - pj)
+        w = w + pj * pmf(mu - pj, var - qj, m3 - qj * (1 - 2 * pj))
+        scores[tau] = np.sum(2 * w / (tau + support + gamma + 1))
+        if gamma > 0:
+            scores[tau] += gamma * np.sum(full / (tau + support + gamma))
+    return scores

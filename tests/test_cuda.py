@@ -43,3 +43,24 @@ def test_cuda_masks_attain_the_rma_maximum():
     for c in range(3):
         _, best = rma_scan("dice", p[0, c], 0.0)
         assert mask_objective("dice", p[0, c], masks[0, c], 0.0) >= best - 1e-12
+
+
+@pytest.mark.parametrize(
+    ("metric", "solver"),
+    [("dice", "exact"), ("iou", "exact"), ("dice", "BA"), ("dice", "TRNA"), ("dice", "BA+TRNA")],
+)
+@pytest.mark.parametrize("shape", [(2, 3, 40, 40), (1, 1, 300, 300)])
+def test_cuda_solvers_equal_cpu(metric, solver, shape):
+    probs = synthetic_probs(shape[0], shape[1], shape[2:], seed=5).double()
+    cpu = rankseg(probs, metric=metric, solver=solver, output_mode="multilabel")
+    gpu = rankseg(probs.cuda(), metric=metric, solver=solver, output_mode="multilabel")
+    assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_cuda_expected_metrics_equal_cpu():
+    from rankseg.metrics import expected_dice, expected_iou
+
+    probs = synthetic_probs(2, 3, (70, 70), seed=6).double()
+    masks = probs > 0.4
+    for fn in (expected_dice, expected_iou):
+        torch.testing.assert_close(fn(probs.cuda(), masks.cuda()).cpu(), fn(probs, masks), atol=1e-12, rtol=0)

@@ -1,7 +1,6 @@
 """Option spelling, solver fallbacks and parameter checks (issue: core API)."""
 
 import pickle
-import re
 import warnings
 
 import pytest
@@ -101,12 +100,15 @@ def test_bad_options_name_the_argument_value_and_allowed(kwargs, error, match):
         RankSEG(**kwargs)(PROBS)
 
 
-@pytest.mark.parametrize("solver", ["exact", "BA", "TRNA", "BA+TRNA"])
-def test_solvers_of_later_issues_raise_not_implemented(solver):
-    with pytest.raises(
-        NotImplementedError, match=re.escape(f"solver '{solver}' for metric 'dice' is not available yet")
-    ):
-        rankseg(PROBS, solver=solver)
+@pytest.mark.parametrize(
+    ("metric", "solver"),
+    [("dice", "exact"), ("iou", "exact"), ("dice", "BA"), ("dice", "TRNA"), ("dice", "BA+TRNA")],
+)
+def test_every_documented_solver_runs_without_warning(metric, solver):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = rankseg(PROBS, metric=metric, solver=solver)
+    assert labels.shape == (2, 8, 8)
 
 
 def test_predictor_keeps_arguments_as_given_and_pickles():

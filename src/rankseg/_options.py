@@ -44,14 +44,6 @@ SOLVERS_BY_METRIC = {
     "acc": ("argmax", "TR"),
 }
 
-# Solvers whose implementation has not landed yet, with the feature that delivers them.
-UNAVAILABLE_SOLVERS: dict[str, str] = {
-    "exact": "the exact Dice/IoU solver (solvers issue #3)",
-    "BA": "the blind-approximation solver (solvers issue #3)",
-    "TRNA": "the truncated refined normal approximation solver (solvers issue #3)",
-    "BA+TRNA": "the BA+TRNA solver (solvers issue #3)",
-}
-
 _UNASSIGNED_POLICIES = ("max_score", "void")
 _SOLVER_PARAMS = ("eps", "unassigned_policy", "void_index")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -111,11 +103,6 @@ def _resolve_solver(metric: str, output_mode: str, requested: str, chosen: bool)
             stacklevel=4,
         )
         return "RMA"
-    if requested in UNAVAILABLE_SOLVERS:
-        raise NotImplementedError(
-            f"solver {requested!r} for metric {metric!r} is not available yet: it is delivered by "
-            f"{UNAVAILABLE_SOLVERS[requested]}. Use solver='RMA' meanwhile."
-        )
     return requested
 
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._predictor import RankSEG
 
-__all__ = ["as_float32", "field", "make_predictor", "parse_sizes"]
+__all__ = ["as_float32", "bilinear", "field", "make_predictor", "parse_sizes", "resize_probabilities"]
 
 
 def field(outputs: Any, name: str) -> Any:
@@ -90,3 +91,15 @@ def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode
 def as_float32(tensor: Tensor) -> Tensor:
     """Restoration runs in float32 whatever the model's dtype (half logits resize less exactly)."""
     return tensor.to(torch.float32) if tensor.dtype != torch.float32 else tensor
+
+
+def bilinear(maps: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
+    """Bilinear resize of ``(N, C, h, w)`` maps with ``align_corners=False``, as every official
+    transformers post-processor resizes."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def resize_probabilities(probs: Tensor, size: tuple[int, int]) -> Tensor:
+    """:func:`bilinear` in probability space (SAM3's order: sigmoid first, then resize), clamped
+    to [0, 1]: interpolation weights can round a value of 1 a few ulps above it."""
+    return bilinear(probs, size).clamp_(0.0, 1.0)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .._passes import Tiles
+from .approx import approx_thresholds
+from .exact import exact_thresholds
 from .rma import rma_thresholds
 
 __all__ = ["SOLVERS"]
@@ -27,7 +29,34 @@ def _rma(
     return rma_thresholds(probs, rows, mu, metric, smooth, tiles)
 
 
+def _exact(
+    probs: Tensor, rows: Tensor | None, mu: Tensor, *, metric: str, smooth: float, eps: float, tiles: Tiles
+):
+    return exact_thresholds(probs, rows, mu, metric, smooth, tiles)
+
+
+def _approx(solver: str):
+    def solve(
+        probs: Tensor,
+        rows: Tensor | None,
+        mu: Tensor,
+        *,
+        metric: str,
+        smooth: float,
+        eps: float,
+        tiles: Tiles,
+    ):
+        return approx_thresholds(probs, rows, mu, solver, smooth, eps, tiles)
+
+    return solve
+
+
 SOLVERS: dict[tuple[str, str], Callable[..., tuple[Tensor, Tensor]]] = {
     ("dice", "RMA"): _rma,
     ("iou", "RMA"): _rma,
+    ("dice", "exact"): _exact,
+    ("iou", "exact"): _exact,
+    ("dice", "BA"): _approx("BA"),
+    ("dice", "TRNA"): _approx("TRNA"),
+    ("dice", "BA+TRNA"): _approx("BA+TRNA"),
 }

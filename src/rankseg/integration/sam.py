@@ -1,0 +1,542 @@
+"""Adapters for the SAM family: restore mask probabilities in image space, then apply RankSEG.
+
+SAM outputs are low-resolution mask *logits* in model space, not semantic class logits. Each
+adapter reproduces the official ``transformers`` post-processing geometry of its family exactly
+(design note ``hf-postprocess.md`` section 5), in float32, stops before the final binarisation and
+returns probabilities; ``postprocess`` then hands them to :class:`rankseg.RankSEG` instead of the
+official ``logit > 0`` (SAM/SAM2) or ``prob > 0.5`` (SAM3) threshold.
+
+Adapters, the model outputs they take (by ``type(outputs).__name__``) and the official code they follow:
+
+* ``Sam1``: ``SamImageSegmentationOutput``, ``SamHQImageSegmentationOutput``;
+  ``SamImageProcessor.post_process_masks``.
+* ``Sam2``: ``Sam2ImageSegmentationOutput``, ``Sam3TrackerImageSegmentationOutput``,
+  ``EdgeTamImageSegmentationOutput``; ``Sam2ImageProcessor.post_process_masks`` (its twin in
+  ``Sam3ImageProcessor`` for Sam3Tracker).
+* ``Sam3``: ``Sam3ImageSegmentationOutput``, ``Sam3LiteTextImageSegmentationOutput``;
+  ``Sam3ImageProcessor.post_process_instance_segmentation`` and ``post_process_semantic_segmentation``.
+
+Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 with
+``multimask_output=True``; ``K``: SAM3 queries kept; ``(H, W)``: the image's original/target size):
+
+* ``Sam1`` / ``Sam2`` ``restore_mask_probs``: one float32 ``(P, M, H, W)`` tensor per image;
+  ``postprocess``: ``RankSEG(probs)`` with the tensor read as ``(batch=P, classes=M, H, W)``, so
+  the default multilabel output is a bool ``(P, M, H, W)`` tensor, one binary map per mask.
+* ``Sam3`` instance: ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}`` per image;
+  ``postprocess_instance`` reads ``mask_probs`` as ``(batch=K, classes=1, H, W)`` and gives
+  ``"masks"`` as bool ``(K, H, W)``.
+* ``Sam3`` semantic: one ``(1, H, W)`` probability map per image; ``postprocess_semantic`` reads it
+  as ``(batch=1, classes=1, H, W)`` and gives a bool ``(H, W)`` mask.
+
+This module never imports ``transformers``: it dispatches on the output's field names and on
+``type(outputs).__name__``, so any object with the right fields (a ``types.SimpleNamespace``, a
+dict) works too.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._predictor import RankSEG
+from ._common import as_float32, bilinear, field, make_predictor, parse_sizes, resize_probabilities
+from .transformers import restore_semantic_probs
+
+__all__ = ["Sam1", "Sam2", "Sam3"]
+
+#: One ``(height, width)`` per image: a ``(B, 2)`` tensor/array, a list of pairs, or one pair for ``B == 1``.
+Sizes = Tensor | np.ndarray | Sequence[Sequence[int]] | Sequence[int]
+#: SAM1 pad size: the processor's ``pad_size`` (``height``/``width``), a dict, ``(h, w)``, an int, or None.
+PadSize = Any
+
+# Output classes of each family, by name (transformers 5.x); the adapter that restores them.
+_FAMILY_BY_CLASS = {
+    "SamImageSegmentationOutput": "sam1",
+    "SamHQImageSegmentationOutput": "sam1",
+    "Sam2ImageSegmentationOutput": "sam2",
+    "Sam3TrackerImageSegmentationOutput": "sam2",
+    "EdgeTamImageSegmentationOutput": "sam2",
+    "Sam3ImageSegmentationOutput": "sam3",
+    "Sam3LiteTextImageSegmentationOutput": "sam3",
+}
+_ADAPTER_BY_FAMILY = {"sam1": "Sam1", "sam2": "Sam2", "sam3": "Sam3"}
+_FAMILY_TEXT = {
+    "sam1": "a SAM / SAM-HQ prompt-mask output",
+    "sam2": "a SAM2 / Sam3Tracker / EdgeTAM prompt-mask output",
+    "sam3": "a SAM3 instance/semantic output",
+    "prompt": "a prompt-mask output (pred_masks of shape (batch, point_batch, masks, h, w))",
+}
+# Which inferred families each adapter accepts ("prompt": 5-D pred_masks of unknown origin).
+_ACCEPTS = {"Sam1": ("sam1", "prompt"), "Sam2": ("sam2", "prompt"), "Sam3": ("sam3",)}
+_EXPECTED = {
+    "Sam1": "SamImageSegmentationOutput or SamHQImageSegmentationOutput (fields pred_masks, iou_scores)",
+    "Sam2": (
+        "Sam2ImageSegmentationOutput, Sam3TrackerImageSegmentationOutput or EdgeTamImageSegmentationOutput "
+        "(fields pred_masks, iou_scores, object_score_logits)"
+    ),
+    "Sam3": (
+        "Sam3ImageSegmentationOutput or Sam3LiteTextImageSegmentationOutput "
+        "(fields pred_masks, pred_boxes, pred_logits, presence_logits, semantic_seg)"
+    ),
+}
+_SEMANTIC_FIELDS = ("class_queries_logits", "masks_queries_logits", "segmentation_logits", "logits")
+_SAM3_FIELDS = ("pred_logits", "presence_logits", "pred_boxes", "semantic_seg")
+_VIDEO_FIELDS = ("inference_session", "obj_id_to_mask", "object_ids", "frame_idx")
+_SAM1_PAD_SIZE = (1024, 1024)  # SamImageProcessor's default pad_size
+_NON_OVERLAP_LOGIT = -10.0  # Sam2ImageProcessor._apply_non_overlapping_constraints: sigmoid(-10) ~ 4.5e-5
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch and field checks
+
+
+def _field_names(outputs: Any) -> list[str]:
+    if isinstance(outputs, Mapping):
+        names = list(outputs.keys())
+    else:
+        names = [name for name in getattr(outputs, "__dict__", {}) if not name.startswith("_")]
+    return [str(name) for name in names if field(outputs, str(name)) is not None]
+
+
+def _family(outputs: Any) -> str | None:
+    """``"sam1"``, ``"sam2"``, ``"sam3"``, ``"prompt"`` (5-D ``pred_masks``, origin unknown),
+    ``"semantic"``, or ``None``; raises for tensors, tuples and video-tracker objects."""
+    name = type(outputs).__name__
+    if isinstance(outputs, Tensor):
+        raise TypeError(
+            "outputs must be the model's output object (e.g. outputs = model(**inputs)), not a tensor; "
+            f"got a Tensor of shape {tuple(outputs.shape)}. Pass `outputs`, not `outputs.pred_masks`."
+        )
+    if isinstance(outputs, (tuple, list)):
+        raise TypeError(
+            f"outputs must be the model's output object with named fields; got a {name}. "
+            "Call the model with return_dict=True (the default)."
+        )
+    video_fields = [f for f in _VIDEO_FIELDS if field(outputs, f) is not None]
+    if "Video" in name or "InferenceSession" in name or video_fields:
+        raise ValueError(
+            f"video tracking is not supported: got {name}"
+            + (f" with fields {video_fields}" if video_fields else "")
+            + ". rankseg.integration.sam restores single-image prompt and instance masks; run the image "
+            "model (SamModel, Sam2Model, Sam3TrackerModel, Sam3Model) on each frame instead."
+        )
+    if name in _FAMILY_BY_CLASS:
+        return _FAMILY_BY_CLASS[name]
+    if any(field(outputs, f) is not None for f in _SAM3_FIELDS):
+        return "sam3"
+    pred_masks = field(outputs, "pred_masks")
+    if isinstance(pred_masks, Tensor) and pred_masks.dim() == 5:
+        return "sam2" if field(outputs, "object_score_logits") is not None else "prompt"
+    if any(field(outputs, f) is not None for f in _SEMANTIC_FIELDS):
+        return "semantic"
+    return None
+
+
+def _check_family(outputs: Any, adapter: str) -> None:
+    family = _family(outputs)
+    if family in _ACCEPTS[adapter]:
+        return
+    name = type(outputs).__name__
+    if family == "semantic":
+        present = [f for f in _SEMANTIC_FIELDS if field(outputs, f) is not None]
+        shapes = ", ".join(f"{f} {tuple(getattr(field(outputs, f), 'shape', ()))}" for f in present)
+        raise ValueError(
+            f"{adapter} restores SAM masks, but outputs ({name}; {shapes}) look like a semantic/universal "
+            "segmentation output; use rankseg.integration.transformers for it."
+        )
+    if family == "prompt":
+        raise ValueError(
+            f"{adapter} got {name}, {_FAMILY_TEXT[family]}; use rankseg.integration.sam.Sam1 "
+            "(SAM, SAM-HQ) or rankseg.integration.sam.Sam2 (SAM2, Sam3Tracker, EdgeTAM)."
+        )
+    if family is not None:
+        raise ValueError(
+            f"{adapter} got {name}, {_FAMILY_TEXT[family]}; use rankseg.integration.sam."
+            f"{_ADAPTER_BY_FAMILY[family]} for it."
+        )
+    raise ValueError(
+        f"{adapter} needs a {_EXPECTED[adapter]}; got {name} with fields {_field_names(outputs)}."
+    )
+
+
+def _tensor_field(outputs: Any, name: str, dims: int, layout: str, required: bool = True) -> Tensor | None:
+    value = field(outputs, name)
+    if value is None:
+        if required:
+            raise ValueError(
+                f"outputs.{name} is required, of shape {layout}; got outputs "
+                f"({type(outputs).__name__}) without it (fields: {_field_names(outputs)})"
+            )
+        return None
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"outputs.{name} must be a floating-point torch.Tensor of shape {layout}; got {kind}")
+    if value.dim() != dims:
+        raise ValueError(f"outputs.{name} must have shape {layout}; got shape {tuple(value.shape)}")
+    return value
+
+
+def _prompt_mask_logits(outputs: Any, adapter: str) -> Tensor:
+    _check_family(outputs, adapter)
+    return _tensor_field(outputs, "pred_masks", 5, "(batch, point_batch, masks_per_prompt, height, width)")
+
+
+def _pad_size(pad_size: PadSize) -> tuple[int, int]:
+    """``None`` (SamImageProcessor's 1024x1024), an int, a ``{"height", "width"}`` dict, an object
+    with ``height`` and ``width`` (``processor.image_processor.pad_size``) or a ``(height, width)`` pair."""
+    if pad_size is None:
+        return _SAM1_PAD_SIZE
+    if isinstance(pad_size, Mapping):
+        if not {"height", "width"} <= set(pad_size):
+            raise ValueError(f"pad_size as a dict needs 'height' and 'width' keys; got {dict(pad_size)!r}")
+        pad_size = (pad_size["height"], pad_size["width"])
+    elif hasattr(pad_size, "height") and hasattr(pad_size, "width"):  # transformers' SizeDict
+        pad_size = (pad_size.height, pad_size.width)
+    elif isinstance(pad_size, numbers.Integral) and not isinstance(pad_size, bool):
+        pad_size = (pad_size, pad_size)
+    return parse_sizes([pad_size], 1, "pad_size")[0]
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"threshold must be a real number (scores above it are kept); got {value!r}")
+    if math.isnan(value):
+        raise ValueError("threshold must be a real number (scores above it are kept); got nan")
+    return float(value)
+
+
+def _suppress_overlaps(logits: Tensor) -> Tensor:
+    """SAM2's non-overlapping constraint on ``(P, M, H, W)`` logits: where prompt ``p`` is not the
+    arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt is unchanged."""
+    if logits.shape[0] == 1:
+        return logits
+    winner = logits.argmax(dim=0, keepdim=True)
+    prompt = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1)
+    return torch.where(winner == prompt, logits, logits.clamp(max=_NON_OVERLAP_LOGIT))
+
+
+def _masks_per_image(predictor: RankSEG, probs: list[Tensor]) -> list[Tensor]:
+    return [predictor(p) for p in probs]
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapters
+
+
+class Sam1:
+    r"""SAM and SAM-HQ prompt masks (``SamModel`` / ``SamHQModel`` outputs).
+
+    Restoration, per image ``i`` (``SamImageProcessor.post_process_masks`` without ``> 0``)::
+
+        logits = bilinear(pred_masks[i], pad_size)                 # (P, M, pad_h, pad_w)
+        logits = logits[..., :reshaped_h, :reshaped_w]             # remove the bottom/right padding
+        probs  = sigmoid(bilinear(logits, original_size))          # (P, M, H, W), float32
+
+    Args:
+        rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
+            to ``"multilabel"`` (one binary map per mask).
+        pad_size: the size the processor padded to: ``processor.image_processor.pad_size`` (an
+            object with ``height`` and ``width``), a ``{"height", "width"}`` dict, a
+            ``(height, width)`` pair or an int. ``None``:
+            1024x1024, the ``SamImageProcessor`` default.
+
+    Example:
+        >>> import types, torch
+        >>> from rankseg.integration.sam import Sam1
+        >>> outputs = types.SimpleNamespace(pred_masks=torch.randn(1, 2, 3, 8, 8) * 5,
+        ...                                 iou_scores=torch.rand(1, 2, 3))   # (B, P, M, h, w)
+        >>> adapter = Sam1(pad_size=32)
+        >>> sizes = dict(original_sizes=(20, 30), reshaped_input_sizes=(21, 32))  # one image
+        >>> probs = adapter.restore_mask_probs(outputs, **sizes)
+        >>> probs[0].shape, probs[0].dtype
+        (torch.Size([2, 3, 20, 30]), torch.float32)
+        >>> adapter.postprocess(outputs, **sizes)[0].shape
+        torch.Size([2, 3, 20, 30])
+    """
+
+    def __init__(self, rankseg_kwargs: Mapping[str, Any] | None = None, pad_size: PadSize = None) -> None:
+        self.rankseg_kwargs = rankseg_kwargs
+        self.pad_size = pad_size
+
+    def restore_mask_probs(
+        self, outputs: Any, original_sizes: Sizes, reshaped_input_sizes: Sizes
+    ) -> list[Tensor]:
+        """Mask probabilities in each image's original geometry.
+
+        Args:
+            outputs: ``SamImageSegmentationOutput`` / ``SamHQImageSegmentationOutput`` or any object
+                with ``pred_masks`` of shape ``(B, P, M, h, w)`` (logits).
+            original_sizes: one ``(height, width)`` per image: the processor's ``(B, 2)`` tensor,
+                a list of pairs, or one pair when ``B == 1``.
+            reshaped_input_sizes: the processor's resized (unpadded) input sizes, same forms.
+
+        Returns:
+            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+        """
+        logits = _prompt_mask_logits(outputs, "Sam1")
+        batch = logits.shape[0]
+        originals = parse_sizes(original_sizes, batch, "original_sizes")
+        reshaped = parse_sizes(reshaped_input_sizes, batch, "reshaped_input_sizes")
+        pad = _pad_size(self.pad_size)
+        for height, width in reshaped:
+            if height > pad[0] or width > pad[1]:
+                raise ValueError(
+                    f"reshaped_input_sizes must fit inside pad_size {pad}; got ({height}, {width}). "
+                    "Pass pad_size=processor.image_processor.pad_size."
+                )
+        probs = []
+        for i, (height, width) in enumerate(reshaped):
+            padded = bilinear(as_float32(logits[i]), pad)
+            probs.append(torch.sigmoid(bilinear(padded[..., :height, :width], originals[i])))
+        return probs
+
+    def postprocess(self, outputs: Any, original_sizes: Sizes, reshaped_input_sizes: Sizes) -> list[Tensor]:
+        """RankSEG masks: ``RankSEG(**rankseg_kwargs)(probs)`` for each restored ``(P, M, H, W)``
+        tensor read as ``(batch=P, classes=M, H, W)``.
+
+        Returns:
+            Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
+            indices into the ``M`` masks of each prompt (multiclass, which needs ``M >= 2``).
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        return _masks_per_image(
+            predictor, self.restore_mask_probs(outputs, original_sizes, reshaped_input_sizes)
+        )
+
+    def __repr__(self) -> str:
+        return f"Sam1(rankseg_kwargs={self.rankseg_kwargs!r}, pad_size={self.pad_size!r})"
+
+
+class Sam2:
+    r"""SAM2, Sam3Tracker and EdgeTAM prompt masks (``Sam2Model`` / ``Sam3TrackerModel`` /
+    ``EdgeTamModel`` outputs).
+
+    These models squash the image to a square without padding, so restoration, per image ``i``
+    (``Sam2ImageProcessor.post_process_masks`` without ``> 0``), is::
+
+        logits = bilinear(pred_masks[i], original_size)            # (P, M, H, W)
+        logits = non_overlap(logits)                               # only if apply_non_overlapping_constraints
+        probs  = sigmoid(logits)
+
+    where ``non_overlap`` keeps, at each pixel, the logits of the prompt with the largest logit and
+    clamps the others to at most -10 (the official step, on logits, before the threshold).
+
+    Args:
+        rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
+            to ``"multilabel"``.
+        apply_non_overlapping_constraints: the official option of the same name.
+
+    Example:
+        >>> import types, torch
+        >>> from rankseg.integration.sam import Sam2
+        >>> outputs = types.SimpleNamespace(pred_masks=torch.randn(2, 3, 1, 8, 8) * 5,
+        ...                                 iou_scores=torch.rand(2, 3, 1),
+        ...                                 object_score_logits=torch.randn(2, 3, 1))
+        >>> sizes = [(20, 30), (12, 9)]  # (height, width) per image
+        >>> probs = Sam2().restore_mask_probs(outputs, original_sizes=sizes)
+        >>> [tuple(p.shape) for p in probs]
+        [(3, 1, 20, 30), (3, 1, 12, 9)]
+        >>> masks = Sam2(apply_non_overlapping_constraints=True).postprocess(outputs, original_sizes=sizes)
+        >>> masks[1].dtype
+        torch.bool
+    """
+
+    def __init__(
+        self, rankseg_kwargs: Mapping[str, Any] | None = None, apply_non_overlapping_constraints: bool = False
+    ) -> None:
+        self.rankseg_kwargs = rankseg_kwargs
+        self.apply_non_overlapping_constraints = apply_non_overlapping_constraints
+
+    def restore_mask_probs(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+        """Mask probabilities in each image's original geometry.
+
+        Args:
+            outputs: ``Sam2ImageSegmentationOutput`` / ``Sam3TrackerImageSegmentationOutput`` /
+                ``EdgeTamImageSegmentationOutput`` or any object with ``pred_masks`` of shape
+                ``(B, P, M, h, w)`` (logits).
+            original_sizes: one ``(height, width)`` per image: a ``(B, 2)`` tensor, a list of pairs,
+                or one pair when ``B == 1``.
+
+        Returns:
+            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+        """
+        non_overlap = _check_flag(self.apply_non_overlapping_constraints, "apply_non_overlapping_constraints")
+        logits = _prompt_mask_logits(outputs, "Sam2")
+        originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
+        probs = []
+        for i, size in enumerate(originals):
+            resized = bilinear(as_float32(logits[i]), size)
+            if non_overlap:
+                resized = _suppress_overlaps(resized)
+            probs.append(torch.sigmoid(resized))
+        return probs
+
+    def postprocess(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+        """RankSEG masks: ``RankSEG(**rankseg_kwargs)(probs)`` for each restored ``(P, M, H, W)``
+        tensor read as ``(batch=P, classes=M, H, W)``.
+
+        Returns:
+            Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
+            (multiclass, which needs ``M >= 2``).
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        return _masks_per_image(predictor, self.restore_mask_probs(outputs, original_sizes))
+
+    def __repr__(self) -> str:
+        return (
+            f"Sam2(rankseg_kwargs={self.rankseg_kwargs!r}, "
+            f"apply_non_overlapping_constraints={self.apply_non_overlapping_constraints!r})"
+        )
+
+
+class Sam3:
+    r"""SAM3 instance and semantic masks (``Sam3Model`` outputs).
+
+    Instances (``Sam3ImageProcessor.post_process_instance_segmentation`` without ``> 0.5``)::
+
+        scores = sigmoid(pred_logits) * sigmoid(presence_logits)   # (B, Q); the second factor only if present
+        keep   = scores[i] > threshold
+        boxes  = pred_boxes[i][keep] * [W, H, W, H]                # xyxy; left in [0, 1] without target sizes
+        mask_probs = bilinear(sigmoid(pred_masks[i][keep]), (H, W))   # sigmoid FIRST, then resize
+
+    Semantic (``post_process_semantic_segmentation`` without ``> 0.5``)::
+
+        probs = bilinear(sigmoid(semantic_seg[i]), (H, W))         # (1, H, W)
+
+    With ``target_sizes=None`` nothing is resized (model resolution), as in the official code.
+
+    Args:
+        rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
+            to ``"multilabel"``.
+        threshold: queries with a score above it are kept (official default 0.3).
+
+    Example:
+        >>> import types, torch
+        >>> from rankseg.integration.sam import Sam3
+        >>> outputs = types.SimpleNamespace(
+        ...     pred_masks=torch.randn(1, 4, 8, 8) * 5, pred_boxes=torch.rand(1, 4, 4),
+        ...     pred_logits=torch.tensor([[3.0, -3.0, 2.0, -1.0]]), presence_logits=torch.tensor([[4.0]]),
+        ...     semantic_seg=torch.randn(1, 1, 8, 8) * 5)
+        >>> result = Sam3().postprocess_instance(outputs, target_sizes=[(20, 30)])[0]
+        >>> result["scores"].shape, result["boxes"].shape, result["masks"].shape
+        (torch.Size([2]), torch.Size([2, 4]), torch.Size([2, 20, 30]))
+        >>> Sam3().postprocess_semantic(outputs, target_sizes=[(20, 30)])[0].shape
+        torch.Size([20, 30])
+    """
+
+    def __init__(self, rankseg_kwargs: Mapping[str, Any] | None = None, threshold: float = 0.3) -> None:
+        self.rankseg_kwargs = rankseg_kwargs
+        self.threshold = threshold
+
+    def restore_instance_mask_probs(
+        self, outputs: Any, target_sizes: Sizes | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Scores, boxes and mask probabilities of the queries scoring above ``threshold``.
+
+        Args:
+            outputs: ``Sam3ImageSegmentationOutput`` or any object with ``pred_masks`` ``(B, Q, h, w)``,
+                ``pred_boxes`` ``(B, Q, 4)`` (normalised xyxy), ``pred_logits`` ``(B, Q)`` and
+                optionally ``presence_logits`` ``(B, 1)``.
+            target_sizes: one ``(height, width)`` per image (tensor, list of pairs, or one pair when
+                ``B == 1``), or ``None`` to keep model resolution and normalised boxes.
+
+        Returns:
+            Per image ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}``, float32; ``K``
+            may be 0, giving shapes ``(0,)``, ``(0, 4)`` and ``(0, H, W)``.
+        """
+        threshold = _check_threshold(self.threshold)
+        _check_family(outputs, "Sam3")
+        mask_logits = _tensor_field(outputs, "pred_masks", 4, "(batch, queries, height, width)")
+        boxes = _tensor_field(outputs, "pred_boxes", 3, "(batch, queries, 4)")
+        query_logits = _tensor_field(outputs, "pred_logits", 2, "(batch, queries)")
+        presence = _tensor_field(outputs, "presence_logits", 2, "(batch, 1)", required=False)
+        batch, queries = mask_logits.shape[:2]
+        if tuple(boxes.shape) != (batch, queries, 4) or tuple(query_logits.shape) != (batch, queries):
+            raise ValueError(
+                "outputs.pred_boxes and outputs.pred_logits must match outputs.pred_masks "
+                f"{tuple(mask_logits.shape)}: expected ({batch}, {queries}, 4) and ({batch}, {queries}); "
+                f"got {tuple(boxes.shape)} and {tuple(query_logits.shape)}"
+            )
+        if presence is not None and tuple(presence.shape) != (batch, 1):
+            raise ValueError(
+                f"outputs.presence_logits must have shape ({batch}, 1); got {tuple(presence.shape)}"
+            )
+        sizes = None if target_sizes is None else parse_sizes(target_sizes, batch, "target_sizes")
+
+        scores = torch.sigmoid(as_float32(query_logits))
+        if presence is not None:
+            scores = scores * torch.sigmoid(as_float32(presence))
+        boxes = as_float32(boxes)
+        if sizes is not None:
+            heights, widths = torch.tensor(sizes, dtype=torch.float32, device=boxes.device).unbind(1)
+            boxes = boxes * torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
+        results = []
+        for i in range(batch):
+            keep = scores[i] > threshold
+            probs = torch.sigmoid(as_float32(mask_logits[i][keep]))  # (K, h, w)
+            if sizes is not None:
+                if probs.shape[0] > 0:
+                    probs = resize_probabilities(probs[None], sizes[i])[0]
+                else:
+                    probs = probs.new_zeros((0, *sizes[i]))
+            results.append({"scores": scores[i][keep], "boxes": boxes[i][keep], "mask_probs": probs})
+        return results
+
+    def postprocess_instance(
+        self, outputs: Any, target_sizes: Sizes | None = None
+    ) -> list[dict[str, Tensor]]:
+        """RankSEG instance masks: ``RankSEG(**rankseg_kwargs)(mask_probs[:, None])[:, 0]``, each
+        instance read as its own binary map ``(batch=K, classes=1, H, W)``.
+
+        Returns:
+            Per image ``{"scores": (K,), "boxes": (K, 4), "masks": bool (K, H, W)}``.
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        results = []
+        for result in self.restore_instance_mask_probs(outputs, target_sizes):
+            masks = predictor(result["mask_probs"][:, None])[:, 0]
+            results.append({"scores": result["scores"], "boxes": result["boxes"], "masks": masks})
+        return results
+
+    def restore_semantic_mask_probs(self, outputs: Any, target_sizes: Sizes | None = None) -> list[Tensor]:
+        """Semantic foreground probabilities.
+
+        Args:
+            outputs: ``Sam3ImageSegmentationOutput`` or any object with ``semantic_seg`` ``(B, 1, h, w)``.
+            target_sizes: one ``(height, width)`` per image, or ``None`` for model resolution.
+
+        Returns:
+            ``B`` float32 tensors of shape ``(1, H_i, W_i)``.
+        """
+        _check_family(outputs, "Sam3")
+        semantic = _tensor_field(outputs, "semantic_seg", 4, "(batch, 1, height, width)")
+        if semantic.shape[1] != 1:
+            raise ValueError(
+                f"outputs.semantic_seg must have shape (batch, 1, height, width); got {tuple(semantic.shape)}"
+            )
+        # the same map as any other semantic_seg output: one implementation, in transformers.py
+        return restore_semantic_probs({"semantic_seg": semantic}, target_sizes=target_sizes)
+
+    def postprocess_semantic(self, outputs: Any, target_sizes: Sizes | None = None) -> list[Tensor]:
+        """RankSEG semantic masks: ``RankSEG(**rankseg_kwargs)(probs[None])[0, 0]`` per image.
+
+        Returns:
+            ``B`` bool tensors of shape ``(H_i, W_i)`` (the layout of the official ``segmentation``).
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        return [predictor(p[None])[0, 0] for p in self.restore_semantic_mask_probs(outputs, target_sizes)]
+
+    def __repr__(self) -> str:
+        return f"Sam3(rankseg_kwargs={self.rankseg_kwargs!r}, threshold={self.threshold!r})"

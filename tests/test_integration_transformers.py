@@ -1,0 +1,514 @@
+"""rankseg.integration.transformers against the official Transformers post-processing.
+
+Every output family is checked on a tiny real model (random weights, built from a config, see
+``hf_models.py``) run on two images of different sizes: the restored probabilities must reproduce
+the official scores (softmax of them, or their normalisation over classes), hence the official
+argmax, and ``postprocess`` with accuracy/argmax must be the official segmentation.
+"""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+
+from rankseg import RankSEG
+from rankseg.integration import transformers as hf
+
+import hf_models  # needs transformers
+from hf_models import IMAGE_SIZES, NUM_LABELS
+
+SINGLE_CHANNEL = {"sam3"}  # semantic_seg: one sigmoid channel, multilabel by default
+NEEDS_TARGET_SIZES = {"eomt_split", "eomt_pad"}
+QUERY_CASES = {"maskformer", "mask2former", "oneformer", "eomt_split", "eomt_pad", "detr", "conditional_detr"}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """``cases(name)``: the tiny model case ``name``, built once for this module."""
+    built: dict[str, hf_models.Case] = {}
+
+    def get(name: str) -> hf_models.Case:
+        if name not in built:
+            built[name] = hf_models.BUILDERS[name]()
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(params=list(hf_models.BUILDERS))
+def case(request, cases) -> hf_models.Case:
+    return cases(request.param)
+
+
+@pytest.fixture
+def segformer(cases) -> hf_models.Case:
+    return cases("segformer")
+
+
+@pytest.fixture
+def oneformer(cases) -> hf_models.Case:
+    return cases("oneformer")
+
+
+def official(case: hf_models.Case, target_sizes=IMAGE_SIZES) -> list:
+    return case.official(case.outputs, target_sizes=target_sizes, return_segmentation_scores=True)
+
+
+def expected_probs(case: hf_models.Case, scores: torch.Tensor) -> torch.Tensor:
+    """The official scores turned into probabilities the documented way, per family."""
+    if case.name in SINGLE_CHANNEL:
+        return scores  # already sigmoid probabilities
+    if case.name in QUERY_CASES:
+        return scores / scores.sum(dim=0, keepdim=True)
+    return scores.softmax(dim=0)
+
+
+def rankseg_labels(case: hf_models.Case, pred: torch.Tensor) -> torch.Tensor:
+    """A prediction in the official form: labels (H, W), or the 0/1 map of the single channel."""
+    return pred[0].long() if case.name in SINGLE_CHANNEL else pred
+
+
+# --------------------------------------------------------------------------------------------
+# Parity with the official post-processing, per family.
+
+
+def test_restored_probs_reproduce_official_scores_and_argmax(case):
+    probs = hf.restore_semantic_probs(case.outputs, target_sizes=case.target_sizes, **case.kwargs)
+    items = official(case)
+    assert len(probs) == len(items) == len(IMAGE_SIZES)
+    for p, item, size in zip(probs, items, IMAGE_SIZES, strict=True):
+        channels = 1 if case.name in SINGLE_CHANNEL else NUM_LABELS
+        assert p.shape == (channels, *size) and p.dtype == torch.float32
+        torch.testing.assert_close(p, expected_probs(case, item.segmentation_scores), rtol=1e-6, atol=1e-7)
+        if case.name in SINGLE_CHANNEL:
+            assert torch.equal((p[0] > 0.5).long(), item.segmentation)
+        else:
+            assert torch.equal(p.argmax(dim=0), item.segmentation)
+            torch.testing.assert_close(p.sum(dim=0), torch.ones(size), rtol=0, atol=1e-6)
+
+
+def test_postprocess_with_accuracy_is_the_official_segmentation(case):
+    kwargs = {"metric": "acc", "solver": "TR" if case.name in SINGLE_CHANNEL else "argmax"}
+    preds = hf.postprocess(case.outputs, target_sizes=case.target_sizes, rankseg_kwargs=kwargs, **case.kwargs)
+    for pred, item in zip(preds, official(case), strict=True):
+        assert torch.equal(rankseg_labels(case, pred), item.segmentation)
+
+
+def test_without_target_sizes_probs_keep_the_official_resolution(case):
+    if case.name in NEEDS_TARGET_SIZES:
+        with pytest.raises(ValueError, match="target_sizes is required for EoMT"):
+            hf.restore_semantic_probs(case.outputs, **case.kwargs)
+        return
+    probs = hf.restore_semantic_probs(case.outputs, **case.kwargs)
+    for p, item in zip(probs, official(case, target_sizes=None), strict=True):
+        assert p.shape == item.segmentation_scores.shape
+        torch.testing.assert_close(p, expected_probs(case, item.segmentation_scores), rtol=1e-6, atol=1e-7)
+    if case.name == "mask2former":
+        assert probs[0].shape[-2:] == (384, 384)  # the fixed step, not the mask resolution
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+def test_postprocess_is_rankseg_on_the_restored_probs(case, metric):
+    kwargs = {"metric": metric, "solver": "RMA"}
+    preds = hf.postprocess(case.outputs, target_sizes=case.target_sizes, rankseg_kwargs=kwargs, **case.kwargs)
+    probs = hf.restore_semantic_probs(case.outputs, target_sizes=case.target_sizes, **case.kwargs)
+    mode = "multilabel" if case.name in SINGLE_CHANNEL else "multiclass"
+    for pred, p, size in zip(preds, probs, IMAGE_SIZES, strict=True):
+        if mode == "multiclass":
+            assert pred.shape == size and pred.dtype == torch.int64
+        else:
+            assert pred.shape == (1, *size) and pred.dtype == torch.bool
+        assert torch.equal(pred, RankSEG(output_mode=mode, **kwargs)(p[None])[0])
+
+
+def test_outputs_are_not_modified(case):
+    before = {key: value.clone() for key, value in case.outputs.items() if isinstance(value, torch.Tensor)}
+    hf.postprocess(case.outputs, target_sizes=torch.tensor(IMAGE_SIZES), **case.kwargs)
+    for key, value in before.items():
+        assert torch.equal(case.outputs[key], value), key
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes, grouping, dtypes, output modes.
+
+
+def test_target_sizes_as_a_tensor_equal_a_list_of_pairs(segformer):
+    from_list = hf.restore_semantic_probs(segformer.outputs, target_sizes=IMAGE_SIZES)
+    from_tensor = hf.restore_semantic_probs(segformer.outputs, target_sizes=torch.tensor(IMAGE_SIZES))
+    for a, b in zip(from_list, from_tensor, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_images_sharing_a_size_are_resized_together_exactly_as_one_by_one():
+    logits = torch.randn(3, 5, 9, 11, generator=torch.Generator().manual_seed(1)) * 3
+    sizes = [(20, 30), (17, 13), (20, 30)]
+    probs = hf.restore_semantic_probs({"logits": logits}, target_sizes=sizes)
+    for i, size in enumerate(sizes):
+        one = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)[0]
+        assert torch.equal(probs[i], one.softmax(dim=0))
+    preds = hf.postprocess({"logits": logits}, target_sizes=sizes)
+    for i in range(3):
+        assert torch.equal(preds[i], RankSEG()(probs[i][None])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_outputs_are_restored_in_float32(case, dtype):
+    half = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in case.outputs.items()}
+    upcast = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in half.items()}
+    model = {"model": case.model}  # a dict of fields: the model tells the family
+    probs = hf.restore_semantic_probs(half, target_sizes=IMAGE_SIZES, **model, **case.kwargs)
+    reference = hf.restore_semantic_probs(upcast, target_sizes=IMAGE_SIZES, **model, **case.kwargs)
+    for p, r in zip(probs, reference, strict=True):
+        assert p.dtype == torch.float32
+        assert torch.equal(p, r)
+
+
+@pytest.mark.parametrize("name", ["segformer", "mask2former", "eomt_split", "sam3"])
+def test_restoration_runs_on_the_outputs_device(cases, device, name):
+    case = cases(name)
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.outputs.items()}
+    sizes = torch.tensor(IMAGE_SIZES, device=device)
+    probs = hf.restore_semantic_probs(moved, model=case.model, target_sizes=sizes, **case.kwargs)
+    reference = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for p, r in zip(probs, reference, strict=True):
+        assert p.device.type == device.type
+        torch.testing.assert_close(p.cpu(), r, rtol=1e-5, atol=1e-6)
+    preds = hf.postprocess(moved, model=case.model, target_sizes=sizes, **case.kwargs)
+    assert all(pred.device.type == device.type for pred in preds)
+
+
+def test_default_output_mode_and_explicit_override(segformer):
+    labels = hf.postprocess(segformer.outputs, target_sizes=IMAGE_SIZES)
+    assert [(p.shape, p.dtype) for p in labels] == [(size, torch.int64) for size in IMAGE_SIZES]
+    masks = hf.postprocess(segformer.outputs, rankseg_kwargs={"output_mode": "multilabel", "metric": "iou"})
+    assert [(p.shape, p.dtype) for p in masks] == [((NUM_LABELS, 16, 16), torch.bool)] * 2
+    single = hf.postprocess({"semantic_seg": torch.randn(2, 1, 6, 6)}, target_sizes=[(8, 8), (5, 9)])
+    assert [(p.shape, p.dtype) for p in single] == [((1, 8, 8), torch.bool), ((1, 5, 9), torch.bool)]
+
+
+def test_tipsv2_segmentation_logits_are_read_like_logits():
+    from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import Tipsv2DptDensePredictorOutput
+
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    outputs = Tipsv2DptDensePredictorOutput(
+        predicted_depth=torch.rand(2, 1, 8, 8), segmentation_logits=logits
+    )
+    ours = hf.restore_semantic_probs(outputs, target_sizes=[(12, 16), (8, 8)])
+    plain = hf.restore_semantic_probs({"logits": logits}, target_sizes=[(12, 16), (8, 8)])
+    for a, b in zip(ours, plain, strict=True):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Families told apart by the model: Mask2Former's 384 step, DETR's null class.
+
+
+@pytest.mark.parametrize("name", ["mask2former", "detr", "conditional_detr", "eomt_split"])
+def test_a_dict_of_fields_with_the_model_or_its_config_matches_the_official_output(cases, name):
+    case = cases(name)
+    fields = dict(case.outputs)
+    for model in (case.model, case.model.config):
+        probs = hf.restore_semantic_probs(fields, model=model, target_sizes=IMAGE_SIZES, **case.kwargs)
+        for p, item in zip(probs, official(case), strict=True):
+            assert torch.equal(p.argmax(dim=0), item.segmentation)
+    with pytest.raises(
+        ValueError, match=r"cannot tell which .* model produced outputs of type dict.*pass model="
+    ):
+        hf.restore_semantic_probs(fields, target_sizes=IMAGE_SIZES, **case.kwargs)
+
+
+@pytest.mark.parametrize("name", ["mask2former", "conditional_detr"])
+def test_mask2former_step_and_null_class_change_the_result(cases, name):
+    """The family-specific steps matter: without the 384 step, or dropping ConditionalDETR's last
+    (real) class as if it were DETR's null class, the tiny models' argmax would differ."""
+    case = cases(name)
+    fields = dict(case.outputs)
+    wrong = {"mask2former": "maskformer", "conditional_detr": "detr"}[case.name]
+    probs = hf.restore_semantic_probs(
+        fields, model=SimpleNamespace(model_type=wrong), target_sizes=IMAGE_SIZES
+    )
+    mismatched = sum(
+        int((p.argmax(0) != item.segmentation).sum()) for p, item in zip(probs, official(case), strict=True)
+    )
+    assert mismatched > 0
+
+
+def test_a_model_of_another_family_is_refused(cases):
+    case = cases("mask2former")
+    with pytest.raises(ValueError, match="model_type='maskformer' but outputs are Mask2Former"):
+        hf.restore_semantic_probs(case.outputs, model=SimpleNamespace(model_type="maskformer"))
+
+
+# --------------------------------------------------------------------------------------------
+# EoMT: processor size and patch_offsets.
+
+
+@pytest.mark.parametrize("name", ["eomt_split", "eomt_pad"])
+def test_eomt_size_may_be_a_plain_dict(cases, name):
+    case = cases(name)
+    size = case.kwargs["size"]
+    plain = {"shortest_edge": size.shortest_edge, "longest_edge": size.longest_edge}
+    a = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, size=plain)
+    b = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_eomt_patch_offsets_may_be_plain_lists(cases):
+    case = cases("eomt_split")
+    fields = dict(case.outputs)
+    as_lists = {**fields, "patch_offsets": [offset.tolist() for offset in fields["patch_offsets"]]}
+    a = hf.restore_semantic_probs(as_lists, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs)
+    b = hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_eomt_without_size_or_with_inconsistent_patches_is_refused(cases):
+    case = cases("eomt_split")
+    with pytest.raises(ValueError, match=r"size=processor\.size"):
+        hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES)
+    with pytest.raises(ValueError, match="size must be the EoMT image processor's size"):
+        hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, size={"height": 64})
+    with pytest.raises(ValueError, match="target_sizes must give one"):
+        hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES[:1], **case.kwargs)
+    fields = dict(case.outputs)
+    with pytest.raises(ValueError, match="patch_offsets has 3 entries for 4 patches"):
+        three = {**fields, "patch_offsets": fields["patch_offsets"][:3]}
+        hf.restore_semantic_probs(three, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs)
+    only_first = [torch.tensor([0, 0, 64])] * 4
+    with pytest.raises(ValueError, match="target_sizes must give one"):
+        hf.restore_semantic_probs(
+            {**fields, "patch_offsets": only_first}, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs
+        )
+    with pytest.raises(ValueError, match=r"entry \[0, 0, 64\] selects a \(32, 53\) region"):
+        hf.restore_semantic_probs(case.outputs, target_sizes=IMAGE_SIZES, size={"shortest_edge": 32})
+    with pytest.raises(ValueError, match=r"patch_offsets entries must be \[image_index, start, end\]"):
+        bad = [[0, 0], [0, 42, 106], [1, 0, 64], [1, 25, 89]]
+        hf.restore_semantic_probs(
+            {**fields, "patch_offsets": bad}, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    ("offsets", "error", "match"),
+    [
+        pytest.param([[1, 0, 64]] * 4, ValueError, r"no patch for image\(s\) \[0\] of 2", id="image-missing"),
+        pytest.param([[0, 64, 0]] * 4, ValueError, r"\[0, 64, 0\] is not a valid", id="empty-range"),
+        pytest.param({"a": 1}, TypeError, "must be a list of .*; got dict", id="not-a-list"),
+    ],
+)
+def test_eomt_malformed_patch_offsets_are_refused(cases, offsets, error, match):
+    case = cases("eomt_split")
+    fields = {**dict(case.outputs), "patch_offsets": offsets}
+    with pytest.raises(error, match=match):
+        hf.restore_semantic_probs(fields, model=case.model, target_sizes=IMAGE_SIZES, **case.kwargs)
+
+
+def test_eomt_merge_canvas_matches_transformers_size_rule():
+    from transformers.image_transforms import get_size_with_aspect_ratio
+
+    from rankseg.integration.transformers import _eomt_canvas_size
+
+    for shortest, longest in [(64, None), (64, 64), (640, 640), (512, 1333), (30, 100)]:
+        for height in (1, 7, 48, 64, 70, 333, 640, 1000):
+            for width in (1, 5, 50, 64, 80, 481, 1024):
+                expected = get_size_with_aspect_ratio((height, width), shortest, longest)
+                assert _eomt_canvas_size((height, width), shortest, longest) == tuple(expected)
+
+
+# --------------------------------------------------------------------------------------------
+# OneFormer's backend-dependent final resize.
+
+
+def test_oneformer_antialias_follows_the_backend_and_can_be_chosen(oneformer, monkeypatch):
+    small = [(10, 12), (9, 7)]  # smaller than the 23x27 mask map: antialiasing matters
+    pil = oneformer.official(oneformer.outputs, target_sizes=small, return_segmentation_scores=True)
+    default = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small)
+    chosen_false = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias=False)
+    chosen_true = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias=True)
+    # The torchvision backend: tvF.resize(BILINEAR) on a float tensor = interpolate(antialias=True).
+    scores = oneformer.official(oneformer.outputs, return_segmentation_scores=True)
+    for i, size in enumerate(small):
+        torch.testing.assert_close(default[i], expected_probs(oneformer, pil[i].segmentation_scores))
+        assert torch.equal(default[i], chosen_false[i])
+        tv = F.interpolate(scores[i].segmentation_scores[None], size, mode="bilinear", antialias=True)[0]
+        torch.testing.assert_close(chosen_true[i], tv / tv.sum(dim=0, keepdim=True), rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(chosen_true[i], chosen_false[i], atol=1e-3)
+
+    monkeypatch.setattr("transformers.utils.is_torchvision_available", lambda: True)
+    with_torchvision = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small)
+    for a, b in zip(with_torchvision, chosen_true, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="antialias must be True, False or None; got 'yes'"):
+        hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias="yes")
+
+
+# --------------------------------------------------------------------------------------------
+# Rejected inputs: each error names what was received and what to do.
+
+
+def _sam_outputs():
+    from transformers.models.edgetam.modeling_edgetam import EdgeTamImageSegmentationOutput
+    from transformers.models.sam.modeling_sam import SamImageSegmentationOutput
+    from transformers.models.sam2.modeling_sam2 import Sam2ImageSegmentationOutput
+    from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput
+    from transformers.models.sam3_tracker.modeling_sam3_tracker import Sam3TrackerImageSegmentationOutput
+
+    iou, masks = torch.rand(1, 1, 3), torch.randn(1, 1, 3, 16, 16)
+    return [
+        SamImageSegmentationOutput(iou_scores=iou, pred_masks=masks),
+        Sam2ImageSegmentationOutput(
+            iou_scores=iou, pred_masks=masks, object_score_logits=torch.randn(1, 1, 1)
+        ),
+        EdgeTamImageSegmentationOutput(iou_scores=iou, pred_masks=masks),
+        Sam3TrackerImageSegmentationOutput(iou_scores=iou, pred_masks=masks),
+        Sam3ImageSegmentationOutput(pred_masks=torch.randn(1, 5, 16, 16), pred_logits=torch.randn(1, 5)),
+        {"iou_scores": iou, "pred_masks": masks},
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_sam_family_outputs_point_to_the_sam_integration(index):
+    outputs = _sam_outputs()[index]
+    with pytest.raises(ValueError, match=r"SAM-family .* use rankseg\.integration\.sam"):
+        hf.restore_semantic_probs(outputs)
+    with pytest.raises(ValueError, match=r"rankseg\.integration\.sam"):
+        hf.postprocess(outputs, target_sizes=[(16, 16)])
+
+
+def test_tuple_outputs_from_return_dict_false_are_refused(segformer):
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outputs = segformer.model(pixel_values, return_dict=False)
+    assert isinstance(outputs, tuple)
+    with pytest.raises(TypeError, match=r"tuple of 1 items, as models return with return_dict=False"):
+        hf.postprocess(outputs)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "error", "match"),
+    [
+        pytest.param(torch.randn(1, 3, 4, 4), TypeError, "whole output object", id="tensor"),
+        pytest.param(None, TypeError, "model output object or a dict", id="none"),
+        pytest.param(
+            SimpleNamespace(features=torch.randn(1, 8, 4, 4)),
+            ValueError,
+            r"has none of the fields .*\['features'\].*call rankseg\.RankSEG",
+            id="unknown-custom",
+        ),
+        pytest.param(
+            {"logits": torch.randn(2, 10)},
+            ValueError,
+            r"outputs\.logits must have shape \(batch, classes, height, width\); got shape \(2, 10\)",
+            id="classification-logits",
+        ),
+        pytest.param(
+            {"logits": torch.randint(0, 3, (1, 3, 4, 4))},
+            TypeError,
+            r"outputs\.logits must be a floating-point torch\.Tensor; got a torch\.int64 tensor",
+            id="integer-logits",
+        ),
+        pytest.param(
+            {"class_queries_logits": torch.randn(1, 5, 5)},
+            ValueError,
+            "has class_queries_logits but no masks_queries_logits",
+            id="half-query",
+        ),
+        pytest.param(
+            {"class_queries_logits": torch.randn(1, 5, 5), "masks_queries_logits": torch.randn(1, 4, 8, 8)},
+            ValueError,
+            r"must agree on \(batch, queries\)",
+            id="query-shapes",
+        ),
+    ],
+)
+def test_unusable_outputs_are_refused(outputs, error, match):
+    with pytest.raises(error, match=match):
+        hf.restore_semantic_probs(outputs, model=SimpleNamespace(model_type="maskformer"))
+
+
+def test_query_shapes_are_checked_with_a_known_model():
+    fields = {"class_queries_logits": torch.randn(1, 5), "masks_queries_logits": torch.randn(1, 5, 8, 8)}
+    with pytest.raises(ValueError, match=r"class_queries_logits must have shape \(batch, queries, classes\)"):
+        hf.restore_semantic_probs(fields, model=SimpleNamespace(model_type="mask2former"))
+
+
+def test_class_logits_without_room_for_the_null_class_are_refused():
+    fields = {"logits": torch.randn(1, 5, 1), "pred_masks": torch.randn(1, 5, 8, 8)}
+    with pytest.raises(ValueError, match=r"shape \(1, 5, 1\) must hold at least one class plus the null"):
+        hf.restore_semantic_probs(fields, model=SimpleNamespace(model_type="detr"))
+
+
+def test_seggpt_rfdetr_and_clipseg_outputs_are_refused():
+    from transformers.models.clipseg.modeling_clipseg import CLIPSegImageSegmentationOutput
+    from transformers.models.rf_detr.modeling_rf_detr import RfDetrInstanceSegmentationOutput
+    from transformers.models.seggpt.modeling_seggpt import SegGptImageSegmentationOutput
+
+    with pytest.raises(ValueError, match="SegGPT-style pred_masks are RGB images"):
+        hf.restore_semantic_probs(SegGptImageSegmentationOutput(pred_masks=torch.randn(1, 3, 64, 32)))
+    rf_detr = RfDetrInstanceSegmentationOutput(
+        logits=torch.randn(1, 10, 4), pred_masks=torch.randn(1, 10, 8, 8)
+    )
+    with pytest.raises(ValueError, match=r"RF-DETR.*no official semantic post-processing"):
+        hf.postprocess(rf_detr, target_sizes=[(16, 16)])
+    with pytest.raises(ValueError, match=r"shape \(2, 32, 32\), one map per prompt .*CLIPSeg"):
+        hf.restore_semantic_probs(CLIPSegImageSegmentationOutput(logits=torch.randn(2, 32, 32)))
+    with pytest.raises(ValueError, match="cannot tell which DETR model"):
+        hf.restore_semantic_probs({"logits": torch.randn(1, 5, 5), "pred_masks": torch.randn(1, 5, 8, 8)})
+
+
+@pytest.mark.parametrize(
+    ("target_sizes", "match"),
+    [
+        pytest.param([(48, 80), (70, 50), (10, 10)], "2 expected, got 3", id="too-many"),
+        pytest.param([(48, 80)], "2 expected, got 1", id="too-few"),
+        pytest.param((48, 80), "2 expected, got 1", id="one-pair-for-two-images"),
+        pytest.param(
+            torch.tensor([[48, 80, 1], [70, 50, 1]]), r"shape \(batch, 2\) or \(2,\); got shape \(2, 3\)"
+        ),
+        pytest.param([(48, 80), (70,)], r"\(height, width\) pairs of integers; got \(70,\)", id="short-pair"),
+        pytest.param([(48, 80), (70.5, 50)], "pairs of integers", id="fraction"),
+        pytest.param([(48, 80), (0, 50)], "positive", id="zero"),
+        pytest.param("48x80", "list of \\(height, width\\) pairs; got str", id="string"),
+    ],
+)
+def test_wrong_target_sizes_are_refused(segformer, target_sizes, match):
+    with pytest.raises(ValueError, match=r"target_sizes .*" + match):
+        hf.restore_semantic_probs(segformer.outputs, target_sizes=target_sizes)
+
+
+def test_wrong_model_and_rankseg_kwargs_are_refused(segformer):
+    with pytest.raises(TypeError, match=r"model must be the transformers model .*; got int"):
+        hf.restore_semantic_probs(segformer.outputs, model=42)
+    with pytest.raises(TypeError, match="rankseg_kwargs must be a dict of RankSEG arguments; got list"):
+        hf.postprocess(segformer.outputs, rankseg_kwargs=["dice"])
+    with pytest.raises(ValueError, match="metric must be one of"):
+        hf.postprocess(segformer.outputs, rankseg_kwargs={"metric": "f1"})
+
+
+# --------------------------------------------------------------------------------------------
+# Packaging.
+
+
+def test_importing_the_module_does_not_import_transformers():
+    code = "import sys, rankseg.integration.transformers; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_segformer_example_runs_and_its_acc_decoding_is_the_official_output(capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "transformers_segformer.py"
+    runpy.run_path(str(example), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert all("-> RankSEG" in line and line.endswith("equals the official output: True") for line in lines)
