@@ -23,6 +23,7 @@ from rankseg.demo import BAR_COLOURS, PANEL
 from rankseg.metrics import SegmentationCounts, score_from_counts, segmentation_counts
 
 RANKSEG = Path(sys.executable).with_name("rankseg")
+ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -457,7 +458,7 @@ def test_evaluate_one_class_maps_against_a_threshold_with_a_plot(tmp_path):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
-    result = run("demo", "--save-data", cwd / "data", cwd=cwd)
+    result = run("demo", "--save-data", "demo-data", cwd=cwd)  # the command docs/evaluate.md shows
     return cwd, result
 
 
@@ -522,7 +523,7 @@ def test_demo_figure_exists_has_the_expected_size_and_shows_rankseg_ahead(demo_r
 
 def test_demo_data_evaluates_like_the_demo_and_the_figure_is_never_overwritten(demo_run):
     cwd, _ = demo_run
-    data = cwd / "data"
+    data = cwd / "demo-data"
     assert sorted(p.name for p in (data / "multiclass" / "probs").iterdir()) == [
         "image-1.npy", "image-2.npy", "image-3.npy", "image-4.npy", "volume.npy",
     ]  # fmt: skip
@@ -531,3 +532,25 @@ def test_demo_data_evaluates_like_the_demo_and_the_figure_is_never_overwritten(d
     assert errors(second.stderr) == [
         f"rankseg demo: error: {cwd / 'rankseg-demo.png'}: exists; pass --force to overwrite it"
     ]
+
+
+def test_docs_show_the_evaluate_table_of_the_demo_data(demo_run):
+    cwd, _ = demo_run
+    docs = (ROOT / "docs" / "evaluate.md").read_text()
+
+    def cells(text):
+        """Whitespace-separated cells per line, without the times (the one number that varies)."""
+        rows = [line.split() for line in text.strip().splitlines()]
+        return [
+            row[:-1] if len(row) >= 8 and row[-1].replace(".", "").isdigit() and row[0].isalpha() else row
+            for row in rows
+        ]
+
+    for group in ("multiclass", "one-class"):
+        command = (
+            f"evaluate --probs demo-data/{group}/probs --labels demo-data/{group}/labels --solvers RMA,exact"
+        )
+        shown = docs.split(f"$ rankseg {command}\n", 1)[1].split("```", 1)[0]
+        result = run(*command.split(), cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        assert cells(result.stdout) == cells(shown)
