@@ -554,3 +554,61 @@ def test_docs_show_the_evaluate_table_of_the_demo_data(demo_run):
         result = run(*command.split(), cwd=cwd)
         assert result.returncode == 0, result.stderr
         assert cells(result.stdout) == cells(shown)
+
+
+def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
+    """The same command in-process (``rankseg.cli.main``), for the checks that run before any work."""
+    from rankseg.cli import main
+
+    np.save(tmp_path / "p.npy", probs_map(0))
+    cases = [
+        (
+            ["predict", tmp_path / "p.npy", "--out", tmp_path / "o", "--activation", "sigmoid"],
+            2,
+            "--activation only applies with --logits",
+        ),
+        (
+            ["predict", tmp_path / "p.npy", "--out", tmp_path / "p.npy"],
+            2,
+            f"--out {tmp_path / 'p.npy'} exists and is not a folder",
+        ),
+        (
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--solvers", "RMA,fast"],
+            2,
+            "--solvers: solver must be one of",
+        ),
+        (
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--solvers", " , "],
+            2,
+            "--solvers must name at least one solver",
+        ),
+        (
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--metric", "acc"],
+            2,
+            "--metric must be dice or iou",
+        ),
+        (
+            ["evaluate", "--probs", tmp_path / "nope", "--labels", tmp_path],
+            2,
+            f"--probs {tmp_path / 'nope'} is not a folder",
+        ),
+        (
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--csv", tmp_path / "no" / "r.csv"],
+            1,
+            f"{tmp_path / 'no' / 'r.csv'}: cannot be written: the folder {tmp_path / 'no'} does not exist",
+        ),
+        (["demo", "--out", tmp_path / "no" / "f.png"], 1, f"{tmp_path / 'no' / 'f.png'}: cannot be written"),
+    ]
+    for argv, status, message in cases:
+        assert main([str(a) for a in argv]) == status, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "o").exists()
+
+    # labels that pair with nothing: nothing can be evaluated
+    (tmp_path / "labels").mkdir()
+    np.save(tmp_path / "labels" / "other.npy", np.zeros((24, 24), np.int64))
+    assert main(["evaluate", "--probs", str(tmp_path), "--labels", str(tmp_path / "labels")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'p.npy'}: no label file named p.* in {tmp_path / 'labels'}" in err
+    assert "1 label file(s) have no probability map and were skipped: other" in err
+    assert "rankseg evaluate: error: no image could be evaluated" in err
