@@ -1,4 +1,36 @@
-"""Segmentation metrics: exact expected Dice and IoU of any masks under the model's probabilities.
+r"""Segmentation metrics: Dice and IoU per image and class, their usual aggregations, and the
+exact expected Dice and IoU of any masks under the model's probabilities.
+
+For image ``i`` and class ``c``, with ``P`` the predicted mask, ``Y`` the ground truth (pixels whose
+label is ``ignore_index`` removed from both) and ``gamma`` the smoothing constant ``smooth``:
+
+    Dice_ic = (2 |P ∩ Y| + gamma) / (|P| + |Y| + gamma)
+    IoU_ic  = (|P ∩ Y| + gamma) / (|P ∪ Y| + gamma)
+
+A class is *present* in an image when it is in the ground truth or in the prediction
+(``|P ∪ Y| > 0``); where it is not, the per-image score is undefined (NaN) and left out of every
+average, whatever ``smooth`` is. The aggregations (``average``) are those of the literature
+(Dai & Li, JMLR 2023; Wang & Dai, NeurIPS 2025):
+
+- ``"image"`` (mDice^I, mIoU^I): per image, the mean over its present classes; then the mean over images.
+- ``"class"`` (mDice^C, mIoU^C): per class, the mean over the images where it is present; then the
+  mean over classes.
+- ``"dataset"`` (mDice^D, mIoU^D): per class, the score of the counts summed over all images
+  (``2 Σ|P∩Y| / (Σ|P| + Σ|Y|)``); then the mean over the classes present somewhere.
+- ``"none"``: the ``(batch, classes)`` per-image scores.
+
+``reduction="none"`` stops before the last mean: per-image values ``(batch,)`` for ``"image"``,
+per-class values ``(classes,)`` for ``"class"`` and ``"dataset"``.
+
+These agree with ``torchmetrics.functional.segmentation``: ``dice_score(..., average="none")`` is
+``average="none"`` here, the mean of its ``average="macro"`` values over images is mDice^I, its
+``aggregation_level="global"`` per-class values are ``average="dataset", reduction="none"``; the
+mean of ``mean_iou(...)`` over images is mIoU^I (``tests/test_metrics.py`` compares them).
+
+Every function takes ``torch.Tensor`` or ``numpy.ndarray`` inputs (never modified) and returns
+float64 results of the same kind. The per-(image, class) counts
+(:func:`segmentation_counts`) are the only thing the aggregations need, so a large data set can be
+evaluated image by image and the counts concatenated (:meth:`SegmentationCounts.cat`).
 
 :func:`expected_dice` and :func:`expected_iou` score masks without labels: the expectation is over
 labels drawn independently per pixel from ``probs`` (the model's own uncertainty). Use them to
@@ -6,6 +38,10 @@ compare argmax, thresholding and RankSEG masks on data you have no ground truth 
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -15,7 +51,357 @@ from ._expected import expected_scores
 from ._inputs import as_tensor, check_values, to_caller
 from ._options import resolve_options
 
-__all__ = ["expected_dice", "expected_iou"]
+__all__ = [
+    "SegmentationCounts",
+    "dice_score",
+    "expected_dice",
+    "expected_iou",
+    "iou_score",
+    "score_from_counts",
+    "segmentation_counts",
+]
+
+Metric = Literal["dice", "iou"]
+Average = Literal["image", "class", "dataset", "none"]
+Reduction = Literal["mean", "none"]
+InputFormat = Literal["index", "mask"]
+
+_METRICS = ("dice", "iou")
+_AVERAGES = ("image", "class", "dataset", "none")
+_REDUCTIONS = ("mean", "none")
+_INPUT_FORMATS = ("index", "mask")
+
+
+class SegmentationCounts(NamedTuple):
+    """Pixel counts per (image, class), each of shape ``(batch, classes)``, int64.
+
+    ``intersection = |P ∩ Y|``, ``pred = |P|``, ``target = |Y|`` (ignored pixels excluded).
+    Tensors, or NumPy arrays when the masks were NumPy arrays.
+    """
+
+    intersection: Tensor | np.ndarray
+    pred: Tensor | np.ndarray
+    target: Tensor | np.ndarray
+
+    @classmethod
+    def cat(cls, parts: Sequence[SegmentationCounts]) -> SegmentationCounts:
+        """Concatenate counts along the image axis (e.g. one part per file).
+
+        >>> a = SegmentationCounts(*(torch.ones(1, 3, dtype=torch.int64) for _ in range(3)))
+        >>> SegmentationCounts.cat([a, a]).pred.shape
+        torch.Size([2, 3])
+        """
+        if not parts:
+            raise ValueError("SegmentationCounts.cat needs at least one part; got an empty sequence")
+        if isinstance(parts[0].pred, np.ndarray):
+            return cls(
+                *(np.concatenate([np.asarray(x) for x in field]) for field in zip(*parts, strict=True))
+            )
+        return cls(*(torch.cat([torch.as_tensor(x) for x in field]) for field in zip(*parts, strict=True)))
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _as_tensor(name: str, x: object) -> tuple[Tensor, bool]:
+    if isinstance(x, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "array is not writable": it is only read
+            return torch.from_numpy(_torch_compatible(x)), True
+    if isinstance(x, Tensor):
+        return x, False
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray; got {type(x).__name__}")
+
+
+def _torch_compatible(x: np.ndarray) -> np.ndarray:
+    """A contiguous, native-order array of a dtype torch reads (wide unsigned ints become int64)."""
+    if x.dtype.kind == "u" and x.dtype != np.uint8:
+        return x.astype(np.int64)
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    return np.ascontiguousarray(x)
+
+
+def _check_smooth(smooth: object) -> float:
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not np.isfinite(smooth):
+        raise TypeError(f"smooth must be a finite real number >= 0; got {smooth!r}")
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0; got {smooth!r}")
+    return float(smooth)
+
+
+def segmentation_counts(
+    preds: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
+    num_classes: int | None = None,
+    *,
+    ignore_index: int | None = None,
+    input_format: InputFormat = "index",
+) -> SegmentationCounts:
+    """Per-(image, class) intersection, predicted and true pixel counts.
+
+    Args:
+        preds: ``"index"``: integer class labels ``(batch, *spatial)``; a value outside
+            ``[0, num_classes)`` (e.g. a void label) predicts no class. ``"mask"``: bool (or 0/1)
+            masks ``(batch, classes, *spatial)``.
+        target: ground truth of the same shape: integer labels in ``[0, num_classes)`` or
+            ``ignore_index`` (``"index"``); 0/1 or bool masks, or ``ignore_index`` per class and
+            pixel (``"mask"``).
+        num_classes: number of classes; ``"index"`` infers ``max(label) + 1`` when it is None,
+            ``"mask"`` takes it from the class axis.
+        ignore_index: target value whose pixels are left out of every count.
+        input_format: ``"index"`` or ``"mask"``.
+
+    Returns:
+        :class:`SegmentationCounts` of three int64 ``(batch, classes)`` tensors (arrays for NumPy input).
+
+    Example:
+        >>> import torch
+        >>> preds = torch.tensor([[0, 0, 1, 1]])           # (1, 4): one 1-D image
+        >>> target = torch.tensor([[0, 1, 1, 255]])
+        >>> segmentation_counts(preds, target, 2, ignore_index=255)
+        SegmentationCounts(intersection=tensor([[1, 1]]), pred=tensor([[2, 1]]), target=tensor([[1, 2]]))
+    """
+    input_format = _check_choice("input_format", input_format, _INPUT_FORMATS)
+    p, from_numpy = _as_tensor("preds", preds)
+    t, _ = _as_tensor("target", target)
+    if p.shape != t.shape:
+        raise ValueError(
+            "preds and target must have the same shape; "
+            f"got preds {tuple(p.shape)} and target {tuple(t.shape)}"
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive integer or None; got {num_classes!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an integer or None; got {ignore_index!r}")
+    if input_format == "index":
+        counts = _index_counts(p, t, num_classes, ignore_index)
+    else:
+        counts = _mask_counts(p, t, num_classes, ignore_index)
+    if from_numpy:
+        return SegmentationCounts(*(x.numpy() for x in counts))
+    return counts
+
+
+def _index_counts(
+    p: Tensor, t: Tensor, num_classes: int | None, ignore_index: int | None
+) -> SegmentationCounts:
+    for name, x in (("preds", p), ("target", t)):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must hold integer class labels for input_format='index'; got dtype {x.dtype} "
+                "(use input_format='mask' for (batch, classes, *spatial) masks)"
+            )
+    if t.dim() < 2:
+        raise ValueError(f"labels must have shape (batch, *spatial); got shape {tuple(t.shape)}")
+    batch = t.shape[0]
+    p = p.reshape(batch, -1).long()
+    t = t.reshape(batch, -1).long()
+    valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+    if num_classes is None:
+        top = max(int(t[valid].max()) if valid.any() else -1, int(p.max()) if p.numel() else -1)
+        num_classes = max(top + 1, 1)
+    bad = valid & ((t < 0) | (t >= num_classes))
+    if bad.any():
+        allowed = f"[0, {num_classes - 1}]"
+        if ignore_index is not None:
+            allowed += f" or ignore_index={ignore_index}"
+        raise ValueError(f"target holds the label {int(t[bad][0])}; labels must lie in {allowed}")
+    c = num_classes
+    offsets = torch.arange(batch, device=t.device)[:, None] * c
+    pred_valid = valid & (p >= 0) & (p < c)
+    size = batch * c
+
+    def count(index: Tensor) -> Tensor:
+        return torch.bincount(index, minlength=size).reshape(batch, c)
+
+    return SegmentationCounts(
+        intersection=count((offsets + t)[pred_valid & (p == t)]),
+        pred=count((offsets + p)[pred_valid]),
+        target=count((offsets + t)[valid]),
+    )
+
+
+def _mask_counts(
+    p: Tensor, t: Tensor, num_classes: int | None, ignore_index: int | None
+) -> SegmentationCounts:
+    if p.dim() < 3:
+        raise ValueError(f"masks must have shape (batch, classes, *spatial); got shape {tuple(p.shape)}")
+    if num_classes is not None and p.shape[1] != num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} but the masks have {p.shape[1]} classes (shape {tuple(p.shape)})"
+        )
+    for name, x in (("preds", p), ("target", t)):
+        if x.is_floating_point() or x.is_complex():
+            raise TypeError(
+                f"{name} must be bool or 0/1 integer masks for input_format='mask'; got dtype {x.dtype}"
+            )
+    batch, classes = p.shape[:2]
+    p = p.reshape(batch, classes, -1)
+    t = t.reshape(batch, classes, -1)
+    valid = t != ignore_index if ignore_index is not None and t.dtype != torch.bool else None
+    for name, x, keep in (("preds", p, None), ("target", t, valid)):
+        if x.dtype != torch.bool:
+            odd = (x != 0) & (x != 1)
+            if keep is not None:
+                odd &= keep
+            if odd.any():
+                extra = ""
+                if name == "target" and ignore_index is not None:
+                    extra = f" or ignore_index={ignore_index}"
+                raise ValueError(f"{name} masks must hold 0 or 1{extra}; found the value {int(x[odd][0])}")
+    pm = p != 0
+    tm = t == 1 if t.dtype != torch.bool else t
+    if valid is not None:
+        pm = pm & valid
+        tm = tm & valid
+    return SegmentationCounts(
+        intersection=(pm & tm).sum(dim=-1),
+        pred=pm.sum(dim=-1),
+        target=tm.sum(dim=-1),
+    )
+
+
+def score_from_counts(
+    counts: SegmentationCounts,
+    metric: Metric = "dice",
+    *,
+    average: Average = "image",
+    reduction: Reduction = "mean",
+    smooth: float = 0.0,
+) -> Tensor | np.ndarray:
+    """Dice or IoU from per-(image, class) counts, aggregated as ``average`` says (see the module doc).
+
+    Args:
+        counts: from :func:`segmentation_counts`, or several joined by :meth:`SegmentationCounts.cat`.
+        metric: ``"dice"`` or ``"iou"``.
+        average: ``"image"``, ``"class"``, ``"dataset"`` or ``"none"``.
+        reduction: ``"mean"`` (a scalar) or ``"none"`` (``(batch,)`` for ``"image"``, ``(classes,)``
+            for ``"class"`` / ``"dataset"``); ignored for ``average="none"``.
+        smooth: smoothing constant ``gamma >= 0``.
+
+    Returns:
+        float64: ``(batch, classes)`` for ``average="none"``, else as ``reduction`` says. NaN where
+        nothing is present (no class in an image, an image set without the class).
+
+    Example:
+        >>> counts = segmentation_counts(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 1, 1]]), 2)
+        >>> score_from_counts(counts, "dice", average="none")
+        tensor([[0.6667, 0.8000]], dtype=torch.float64)
+        >>> score_from_counts(counts, "iou", average="dataset", reduction="none")
+        tensor([0.5000, 0.6667], dtype=torch.float64)
+    """
+    metric = _check_choice("metric", metric, _METRICS)
+    average = _check_choice("average", average, _AVERAGES)
+    reduction = _check_choice("reduction", reduction, _REDUCTIONS)
+    smooth = _check_smooth(smooth)
+    from_numpy = isinstance(counts.pred, np.ndarray)
+    inter, pred, target = (torch.as_tensor(x).to(torch.float64) for x in counts)
+    if average == "dataset":
+        inter, pred, target = inter.sum(0), pred.sum(0), target.sum(0)
+    scores = _scores(inter, pred, target, metric, smooth)
+    if average == "image":
+        scores = scores.nanmean(dim=1)
+    elif average == "class":
+        scores = scores.nanmean(dim=0)
+    if average != "none" and reduction == "mean":
+        scores = scores.nanmean()
+    return scores.numpy() if from_numpy else scores
+
+
+def _scores(inter: Tensor, pred: Tensor, target: Tensor, metric: str, smooth: float) -> Tensor:
+    """Dice or IoU elementwise, NaN where the class is in neither mask."""
+    union = pred + target - inter
+    if metric == "dice":
+        scores = (2 * inter + smooth) / (pred + target + smooth)
+    else:
+        scores = (inter + smooth) / (union + smooth)
+    return torch.where(union > 0, scores, torch.full_like(scores, float("nan")))
+
+
+def _score(
+    metric: Metric,
+    preds: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
+    num_classes: int | None,
+    average: Average,
+    reduction: Reduction,
+    smooth: float,
+    ignore_index: int | None,
+    input_format: InputFormat,
+) -> Tensor | np.ndarray:
+    counts = segmentation_counts(
+        preds, target, num_classes, ignore_index=ignore_index, input_format=input_format
+    )
+    return score_from_counts(counts, metric, average=average, reduction=reduction, smooth=smooth)
+
+
+def dice_score(
+    preds: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
+    num_classes: int | None = None,
+    *,
+    average: Average = "image",
+    reduction: Reduction = "mean",
+    smooth: float = 0.0,
+    ignore_index: int | None = None,
+    input_format: InputFormat = "index",
+) -> Tensor | np.ndarray:
+    """Dice of predicted masks against the ground truth (mDice^I by default).
+
+    Shapes as in :func:`segmentation_counts`: labels ``(batch, *spatial)`` for
+    ``input_format="index"``, masks ``(batch, classes, *spatial)`` for ``"mask"``. ``average``,
+    ``reduction`` and ``smooth`` as in :func:`score_from_counts`.
+
+    Example:
+        >>> import numpy as np
+        >>> preds = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])      # (2, 4): two 1-D images
+        >>> target = np.array([[0, 1, 1, 1], [1, 1, 1, 0]])
+        >>> float(dice_score(preds, target, 2))                    # mDice^I
+        0.580952380952381
+        >>> dice_score(preds, target, 2, average="none").round(4)  # image 2, class 0: 2*0 / (0 + 1)
+        array([[0.6667, 0.8   ],
+               [0.    , 0.8571]])
+        >>> float(dice_score(preds, target, 2, average="dataset"))
+        0.6666666666666667
+    """
+    return _score("dice", preds, target, num_classes, average, reduction, smooth, ignore_index, input_format)
+
+
+def iou_score(
+    preds: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
+    num_classes: int | None = None,
+    *,
+    average: Average = "image",
+    reduction: Reduction = "mean",
+    smooth: float = 0.0,
+    ignore_index: int | None = None,
+    input_format: InputFormat = "index",
+) -> Tensor | np.ndarray:
+    """IoU (Jaccard index) of predicted masks against the ground truth (mIoU^I by default).
+
+    Same arguments as :func:`dice_score`; ``average="dataset"`` gives the usual data-set mIoU^D.
+
+    Example:
+        >>> import torch
+        >>> preds = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]], dtype=torch.bool)  # (2, 1, 4) masks
+        >>> target = torch.tensor([[[1, 0, 0, 0]], [[0, 0, 0, 0]]], dtype=torch.bool)
+        >>> iou_score(preds, target, input_format="mask", average="none")  # image 2: class absent
+        tensor([[0.5000],
+                [   nan]], dtype=torch.float64)
+        >>> iou_score(preds, target, input_format="mask", smooth=1.0, reduction="none")
+        tensor([0.6667,    nan], dtype=torch.float64)
+    """
+    return _score("iou", preds, target, num_classes, average, reduction, smooth, ignore_index, input_format)
+
+
+# ------------------------------------------------------- expected metrics under the probabilities
 
 
 def _expected(probs, masks, smooth, metric: str):

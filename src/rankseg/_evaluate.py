@@ -1,0 +1,357 @@
+"""The per-file work of the command line: load and check maps, predict, count, summarise.
+
+Module-level functions and plain data only, so that ``rankseg evaluate --workers N`` can hand
+them to worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import InputError, read_array
+from ._predictor import RankSEG
+from .metrics import SegmentationCounts, score_from_counts, segmentation_counts
+
+__all__ = [
+    "EvalTask",
+    "PairResult",
+    "Summary",
+    "evaluate_pair",
+    "format_table",
+    "load_labels",
+    "load_probs",
+    "summarise",
+]
+
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def load_probs(path: Path, *, logits: bool = False, activation: str | None = None) -> tuple[np.ndarray, Any]:
+    """Probabilities ``(classes, *spatial)`` from ``path`` (logits turned into probabilities)."""
+    arr, like = read_array(path, "probs")
+    if arr.dtype.kind != "f":
+        raise InputError(
+            path,
+            f"holds {arr.dtype} values; probability maps must be floating point (float16, float32 or "
+            "float64) of shape (classes, *spatial)",
+        )
+    if arr.ndim < 2:
+        raise InputError(
+            path, f"has shape {arr.shape}; expected (classes, *spatial) with the class axis first"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError(path, "contains NaN or infinite values")
+    if logits:
+        activation = activation or ("softmax" if arr.shape[0] > 1 else "sigmoid")
+        if activation == "softmax" and arr.shape[0] == 1:
+            raise InputError(
+                path, "has one class channel: softmax over it is always 1; use --activation sigmoid"
+            )
+        scores = torch.from_numpy(arr.astype(np.float32))
+        probs = torch.softmax(scores, dim=0) if activation == "softmax" else torch.sigmoid(scores)
+        return probs.numpy(), like
+    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    if lo < 0 or hi > 1:
+        raise InputError(
+            path,
+            f"values range from {lo:.6g} to {hi:.6g}, outside [0, 1]; if the file holds logits, "
+            "pass --logits (with --activation softmax or sigmoid)",
+        )
+    return arr, like
+
+
+def load_labels(path: Path, probs_path: Path, probs_shape: tuple[int, ...], multiclass: bool) -> np.ndarray:
+    """Integer labels of ``path`` checked against the probabilities' shape.
+
+    Multiclass: ``(*spatial)`` class indices. Multilabel: ``(classes, *spatial)`` 0/1 masks, or
+    ``(*spatial)`` for a single class.
+    """
+    arr, _ = read_array(path, "labels")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.equal(np.floor(arr), arr).all():
+            raise InputError(
+                path, f"holds non-integer {arr.dtype} values; label maps must hold class indices"
+            )
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64)
+    else:
+        raise InputError(path, f"holds {arr.dtype} values; label maps must hold integer class indices")
+    spatial = tuple(probs_shape[1:])
+    if multiclass:
+        expected = spatial
+    else:
+        expected = tuple(probs_shape)
+        if probs_shape[0] == 1 and arr.shape == spatial:
+            arr = arr[None]
+    if arr.shape != expected:
+        what = "class indices (*spatial)" if multiclass else "0/1 masks (classes, *spatial)"
+        raise InputError(
+            path,
+            f"has shape {arr.shape} but the probabilities {probs_path} have shape {tuple(probs_shape)} "
+            f"(classes, *spatial); the labels must be {what} of shape {expected}",
+        )
+    return arr
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One (probabilities, labels) pair and what to compare on it."""
+
+    name: str
+    probs_path: Path
+    labels_path: Path
+    solvers: tuple[str, ...]  # canonical RankSEG solver names, checked by the caller
+    metric: str = "dice"
+    smooth: float = 0.0
+    pruning_prob: float = 0.5
+    output_mode: str | None = None  # None: multiclass for several classes, multilabel for one
+    num_classes: int | None = None
+    ignore_index: int | None = None
+    logits: bool = False
+    activation: str | None = None
+
+
+@dataclass
+class PairResult:
+    """Counts ``(3, classes)`` (intersection, pred, target) and seconds, per method; or an error."""
+
+    name: str
+    num_classes: int = 0
+    baseline: str = ""
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def baseline_masks(probs: torch.Tensor, multiclass: bool) -> torch.Tensor:
+    """Argmax labels (multiclass) or 0.5-threshold masks (multilabel) of ``(classes, *spatial)`` probs."""
+    return probs.argmax(dim=0) if multiclass else probs > 0.5
+
+
+def evaluate_pair(task: EvalTask) -> PairResult:
+    """Baseline and every RankSEG solver on one pair; a failure is returned as ``error``, not raised."""
+    result = PairResult(task.name)
+    try:
+        probs_np, _ = load_probs(task.probs_path, logits=task.logits, activation=task.activation)
+        classes = probs_np.shape[0]
+        if task.num_classes is not None and classes != task.num_classes:
+            raise InputError(
+                task.probs_path,
+                f"has {classes} class channels (shape {probs_np.shape}); --num-classes is {task.num_classes}",
+            )
+        mode = task.output_mode or ("multiclass" if classes > 1 else "multilabel")
+        multiclass = mode == "multiclass"
+        if multiclass and classes == 1:
+            raise InputError(
+                task.probs_path,
+                f"has one class channel (shape {probs_np.shape}); "
+                "--output-mode multiclass needs at least two",
+            )
+        labels = load_labels(task.labels_path, task.probs_path, probs_np.shape, multiclass)
+        probs = torch.from_numpy(probs_np)
+        result.num_classes = classes
+        result.baseline = "argmax" if multiclass else "threshold"
+
+        def count(pred: torch.Tensor) -> np.ndarray:
+            try:
+                counts = segmentation_counts(
+                    pred[None],
+                    torch.from_numpy(labels)[None],
+                    classes,
+                    ignore_index=task.ignore_index,
+                    input_format="index" if multiclass else "mask",
+                )
+            except ValueError as exc:
+                raise InputError(task.labels_path, str(exc)) from None
+            return np.stack([c[0].numpy() for c in counts])
+
+        start = time.perf_counter()
+        pred = baseline_masks(probs, multiclass)
+        result.seconds[result.baseline] = time.perf_counter() - start
+        result.counts[result.baseline] = count(pred)
+        for name in task.solvers:
+            predictor = RankSEG(task.metric, task.smooth, mode, name, task.pruning_prob)
+            start = time.perf_counter()
+            pred = predictor(probs[None])[0]
+            result.seconds[name] = time.perf_counter() - start
+            result.counts[name] = count(pred)
+    except InputError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # reported with the file; the batch goes on
+        result.error = f"{task.probs_path}: {type(exc).__name__}: {exc}"
+    return result
+
+
+@dataclass
+class Summary:
+    """Metrics of every method over the evaluated images."""
+
+    names: list[str]
+    num_classes: int
+    baseline: str
+    methods: list[str]
+    metrics: dict[str, dict[str, float]]  # method -> {"mDice_I": ..., "seconds_per_image": ...}
+    per_class: dict[str, dict[str, list[float]]]  # method -> {"Dice_C": [...], "IoU_D": [...]}
+    per_image: dict[str, list[float]]  # method -> per-image mean Dice over present classes
+    images_with_class: list[int]
+
+
+AGGREGATES = {
+    "mDice_I": ("dice", "image"),
+    "mIoU_I": ("iou", "image"),
+    "mIoU_D": ("iou", "dataset"),
+    "mDice_C": ("dice", "class"),
+    "mIoU_C": ("iou", "class"),
+    "mDice_D": ("dice", "dataset"),
+}
+
+
+def summarise(results: list[PairResult], smooth: float = 0.0) -> Summary:
+    """Aggregate successful per-pair results (all with the same classes and methods)."""
+    methods = list(results[0].counts)
+    metrics: dict[str, dict[str, float]] = {}
+    per_class: dict[str, dict[str, list[float]]] = {}
+    per_image: dict[str, list[float]] = {}
+    for method in methods:
+        stacked = np.stack([r.counts[method] for r in results])  # (images, 3, classes)
+        counts = SegmentationCounts(*(torch.from_numpy(stacked[:, i]) for i in range(3)))
+        values = {
+            key: float(score_from_counts(counts, metric, average=average, smooth=smooth))  # type: ignore[arg-type]
+            for key, (metric, average) in AGGREGATES.items()
+        }
+        values["seconds_per_image"] = float(np.mean([r.seconds[method] for r in results]))
+        metrics[method] = values
+        per_class[method] = {
+            "Dice_C": score_from_counts(
+                counts, "dice", average="class", reduction="none", smooth=smooth
+            ).tolist(),
+            "IoU_D": score_from_counts(
+                counts, "iou", average="dataset", reduction="none", smooth=smooth
+            ).tolist(),
+        }
+        per_image[method] = score_from_counts(counts, "dice", reduction="none", smooth=smooth).tolist()
+    stacked = np.stack([r.counts[methods[0]] for r in results])
+    union = stacked[:, 1] + stacked[:, 2] - stacked[:, 0]
+    return Summary(
+        names=[r.name for r in results],
+        num_classes=results[0].num_classes,
+        baseline=results[0].baseline,
+        methods=methods,
+        metrics=metrics,
+        per_class=per_class,
+        per_image=per_image,
+        images_with_class=(union > 0).sum(axis=0).tolist(),
+    )
+
+
+def _number(value: float, digits: int = 4, sign: bool = False) -> str:
+    if math.isnan(value):
+        return "nan"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _align(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+MAIN_COLUMNS = (("mDice^I", "mDice_I"), ("mIoU^I", "mIoU_I"), ("mIoU^D", "mIoU_D"))
+
+
+def format_table(summary: Summary) -> str:
+    """The main table (one row per method, gains against the baseline) and the per-class gains."""
+    base = summary.metrics[summary.baseline]
+    header = ["method"]
+    for title, _ in MAIN_COLUMNS:
+        header += [title, "gain"]
+    header.append("ms/image")
+    rows = [header]
+    for method in summary.methods:
+        values = summary.metrics[method]
+        row = [method]
+        for _, key in MAIN_COLUMNS:
+            gain = "-" if method == summary.baseline else _number(values[key] - base[key], sign=True)
+            row += [_number(values[key]), gain]
+        row.append(f"{values['seconds_per_image'] * 1e3:.2f}")
+        rows.append(row)
+
+    solvers = [m for m in summary.methods if m != summary.baseline]
+    class_rows = [
+        ["class", "images", f"{summary.baseline} Dice^C"]
+        + [f"{s} gain" for s in solvers]
+        + [f"{summary.baseline} IoU^D"]
+        + [f"{s} gain" for s in solvers]
+    ]
+    pc = summary.per_class
+    for c in range(summary.num_classes):
+        row = [str(c), str(summary.images_with_class[c]), _number(pc[summary.baseline]["Dice_C"][c])]
+        row += [_number(pc[s]["Dice_C"][c] - pc[summary.baseline]["Dice_C"][c], sign=True) for s in solvers]
+        row.append(_number(pc[summary.baseline]["IoU_D"][c]))
+        row += [_number(pc[s]["IoU_D"][c] - pc[summary.baseline]["IoU_D"][c], sign=True) for s in solvers]
+        class_rows.append(row)
+    return (
+        _align(rows)
+        + "\n\nper class: Dice^C (mean over the images where the class is present) and IoU^D (data set)\n"
+        + _align(class_rows)
+    )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def summary_json(summary: Summary, failed: dict[str, str], extra: dict[str, Any]) -> str:
+    """The summary as JSON (NaN written as null)."""
+    payload = {
+        **extra,
+        "num_classes": summary.num_classes,
+        "baseline": summary.baseline,
+        "images": summary.names,
+        "failed": failed,
+        "images_with_class": summary.images_with_class,
+        "methods": {
+            m: {
+                **summary.metrics[m],
+                "per_class": summary.per_class[m],
+                "per_image_dice": summary.per_image[m],
+            }
+            for m in summary.methods
+        },
+    }
+    return json.dumps(_finite(payload), indent=2) + "\n"
+
+
+def summary_csv(summary: Summary) -> str:
+    """One row per method: every aggregate and the seconds per image."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    keys = [*AGGREGATES, "seconds_per_image"]
+    writer.writerow(["method", *keys])
+    for method in summary.methods:
+        writer.writerow([method, *(repr(summary.metrics[method][k]) for k in keys)])
+    return buf.getvalue()
