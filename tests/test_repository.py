@@ -22,7 +22,7 @@ def test_ruff_is_clean():
 
 def test_ci_reads_both_commands_from_the_readme():
     readme = (ROOT / "README.md").read_text()
-    for name in ("quickstart", "tests"):
+    for name in ("demo", "tests"):
         assert f"<!-- readme-command: {name} -->" in readme
     assert "-c constraints.txt" in readme
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
@@ -59,3 +59,14 @@ def test_readme_python_examples_run():
         if "# needs:" in block:
             continue
         exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_quickstart_example_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "RankSEG  mDice" in result.stdout and "argmax   mDice" in result.stdout
