@@ -197,7 +197,8 @@ def test_ba_matches_its_definition():
     ordered = p.sort(descending=True).values[None]
     cumulative = ordered.cumsum(1)
     for gamma in (0.0, 1.0):
-        got = approx._ba_scores(ordered, cumulative, gamma, 1e-4)[0].numpy()
+        full_range = torch.tensor([500])
+        got = approx._ba_scores(ordered, cumulative, full_range, gamma, 1e-4)[0].numpy()
         mu, var, m3 = approx._moments(ordered)
         lq, uq = approx._support(mu, var, m3, 1e-4, 500)
         width = int(uq - lq) + 1

@@ -46,7 +46,7 @@ __all__ = ["approx_thresholds"]
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 _BA_SIGMA = 5.0  # BA+TRNA: BA where sigma > 5 (Cohen's d < 0.2)
-_TRNA_CHUNK_ELEMENTS = 1 << 21  # rows x taus x support entries per TRNA chunk
+_TRNA_CHUNK_ELEMENTS = 1 << 19  # rows x taus x support (or nodes) entries per TRNA chunk
 _TRNA_NODES = 16  # Chebyshev points of the pixel probability (interpolated TRNA)
 _TRNA_DIRECT_WIDTH = 64  # supports up to this width are summed term by term
 
@@ -138,18 +138,19 @@ def _best_cut(scores: Tensor, ordered: Tensor, d0: Tensor) -> tuple[Tensor, Tens
     return below.gather(1, best[:, None])[:, 0], best.to(torch.float64)
 
 
-def _ba_scores(ordered: Tensor, cumulative: Tensor, gamma: float, eps: float) -> Tensor:
-    """``pi_BA(tau)`` for ``tau = 0..d``, shape ``(R, d + 1)``."""
+def _ba_scores(ordered: Tensor, cumulative: Tensor, d0: Tensor, gamma: float, eps: float) -> Tensor:
+    """``pi_BA(tau)`` for ``tau = 0..d``, shape ``(R, d + 1)`` (computed for ``tau <= max d0``)."""
     rows, d = ordered.shape
     mu, var, m3 = _moments(ordered)
     lq, uq = _support(mu, var, m3, eps, d)
     width = int((uq - lq).max()) + 1
     pmf = _pmf(lq, uq, width, mu, var, m3)
-    scores = torch.empty(rows, d + 1, dtype=torch.float64, device=ordered.device)
-    scores[:, 1:] = 2 * cumulative * _correlate(pmf, lq, gamma + 1, d)
+    taus = int(d0.max())
+    scores = torch.zeros(rows, d + 1, dtype=torch.float64, device=ordered.device)
+    scores[:, 1 : taus + 1] = 2 * cumulative[:, :taus] * _correlate(pmf, lq, gamma + 1, taus)
     support = lq[:, None] + torch.arange(width, dtype=torch.float64, device=ordered.device)
     if gamma > 0:
-        scores[:, 1:] += gamma * _correlate(pmf, lq, gamma, d)
+        scores[:, 1 : taus + 1] += gamma * _correlate(pmf, lq, gamma, taus)
         scores[:, 0] = gamma * (pmf / (support + gamma)).sum(dim=1)
     else:
         scores[:, 0] = 0.0  # the 0/0 convention
@@ -213,8 +214,11 @@ def _trna_interpolated(
         m3[:, None] - q * (1 - 2 * nodes),
     )  # (R, M, L)
     taus = int(d0.max())
-    values = _correlate(pmf.reshape(rows * count, width), lq.repeat_interleave(count), gamma + 1, taus)
-    values = values.reshape(rows, count, taus)  # F(tau, node_m)
+    values = torch.empty(rows, count, taus, dtype=torch.float64, device=device)  # F(tau, node_m)
+    for m0 in range(0, count, 4):  # four nodes per FFT batch bound the complex buffers
+        nodes_m = pmf[:, m0 : m0 + 4]
+        flat = _correlate(nodes_m.reshape(-1, width), lq.repeat_interleave(nodes_m.shape[1]), gamma + 1, taus)
+        values[:, m0 : m0 + 4] = flat.reshape(rows, -1, taus)
     first = torch.zeros(rows, d, dtype=torch.float64, device=device)
     carry = torch.zeros(rows, count, dtype=torch.float64, device=device)
     chunk = max(1, _TRNA_CHUNK_ELEMENTS // (rows * count))
@@ -297,7 +301,7 @@ def approx_thresholds(
             use_ba = torch.full((r1 - r0,), solver == "BA", device=probs.device)
         scores = torch.empty(r1 - r0, n + 1, dtype=torch.float64, device=probs.device)
         if bool(use_ba.any()):
-            scores[use_ba] = _ba_scores(ordered[use_ba], cumulative[use_ba], smooth, eps)
+            scores[use_ba] = _ba_scores(ordered[use_ba], cumulative[use_ba], d0[use_ba], smooth, eps)
         if bool((~use_ba).any()):
             scores[~use_ba] = _trna_scores(ordered[~use_ba], cumulative[~use_ba], d0[~use_ba], smooth, eps)
         thresholds[r0:r1], volumes[r0:r1] = _best_cut(scores, ordered, d0)
