@@ -152,3 +152,22 @@ def test_predictor_validates_when_called_not_when_built():
     assert predictor.metric == "nope"
     with pytest.raises(ValueError, match="metric must be one of"):
         predictor(torch.rand(1, 2, 4))
+
+
+@pytest.mark.parametrize("solver", ["RMA", "exact", "BA", "TRNA"])
+def test_inputs_that_require_grad(solver):
+    """Probabilities straight from a model outside torch.no_grad(): no autograd, same result."""
+    logits = torch.randn(1, 1, 700, 700, requires_grad=True)
+    probs = torch.sigmoid(logits)
+    out = rankseg(probs, solver=solver, output_mode="multilabel")
+    assert not out.requires_grad
+    assert torch.equal(out, rankseg(probs.detach(), solver=solver, output_mode="multilabel"))
+    multi = torch.softmax(torch.randn(2, 3, 20, 20, requires_grad=True), dim=1)
+    assert torch.equal(rankseg(multi, solver=solver), rankseg(multi.detach(), solver=solver))
+
+
+def test_expected_metrics_accept_inputs_that_require_grad():
+    from rankseg.metrics import expected_dice
+
+    probs = torch.sigmoid(torch.randn(1, 1, 60, 60, requires_grad=True))
+    assert torch.equal(expected_dice(probs, probs > 0.5), expected_dice(probs.detach(), probs.detach() > 0.5))

@@ -38,7 +38,7 @@ def as_tensor(probs: object, name: str = "probs") -> tuple[Tensor, bool]:
             warnings.simplefilter("ignore", UserWarning)  # "array is not writable": we only read it
             tensor = torch.from_numpy(arr)
     elif isinstance(probs, Tensor):
-        tensor = probs
+        tensor = probs.detach()  # a decision, not a differentiable function: never track gradients
     else:
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray of shape (batch, classes, *spatial); "
