@@ -114,3 +114,18 @@ def test_rankseg_beats_argmax_in_expected_rma_dice_on_uncertain_maps():
     p = probs.numpy()[0]
     for c in range(3):
         assert mask_objective("dice", p[c], masks[c], 0.0) >= mask_objective("dice", p[c], arg == c, 0.0)
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+@pytest.mark.parametrize("policy", ["max_score", "void"])
+@pytest.mark.parametrize("pruning", [0.5, 0.97])
+def test_dense_scoring_equals_gathered_scoring(monkeypatch, metric, policy, pruning):
+    """Non-CPU devices score whole tiles (no per-image synchronisation); same labels as the CPU's
+    gathering of contested pixels. Forced here on the CPU."""
+    from rankseg import _masks
+
+    probs = synthetic_probs(3, 5, (48, 40), seed=2, scale=2.0)
+    gathered = rankseg(probs, metric=metric, unassigned_policy=policy, pruning_prob=pruning)
+    monkeypatch.setattr(_masks._Scorer, "gathered", _masks._Scorer.dense)
+    dense = rankseg(probs, metric=metric, unassigned_policy=policy, pruning_prob=pruning)
+    assert torch.equal(gathered, dense)

@@ -92,12 +92,13 @@ class _Gain:
             constants = ((d + m + gamma) / d, (m + gamma) / (d + m + gamma), d + 1)
         self.constants = [const.to(dtype)[:, :, None] for const in constants]
 
-    def __call__(self, p: Tensor, image: int) -> Tensor:
-        """Gains of the pixels ``p`` (C, k) of one image, for every class."""
+    def __call__(self, p: Tensor, images: int | slice) -> Tensor:
+        """Gains of the pixels ``p`` of ``images`` for every class: ``p`` is ``(C, k)`` for one
+        image (an int) or ``(b, C, k)`` for a slice of images."""
         if self.metric == "dice":
-            scale, theta = (const[image] for const in self.constants)
+            scale, theta = (const[images] for const in self.constants)
             return (p - theta).mul_(scale)
-        scale, theta, d1 = (const[image] for const in self.constants)
+        scale, theta, d1 = (const[images] for const in self.constants)
         return (p - theta).div_(d1 - p).mul_(scale)
 
 
@@ -159,35 +160,80 @@ def multiclass_labels(
     Returns:
         ``(B, N)`` int64 labels.
 
-    A streaming pass finds the owners of every pixel and the single-owner sums; then only the
-    contested pixels (several owners, or none) are gathered, in bounded chunks, and scored.
+    A streaming pass finds the owners of every pixel and the single-owner sums. Then the contested
+    pixels (several owners, or none) are scored: on the CPU only they are gathered, per image and
+    column range; on other devices every pixel of a tile is scored and the contested ones kept,
+    which needs no host-device synchronisation per image.
     """
-    c = probs.shape[1]
     labels, state, m, t = _owner_pass(probs, thresholds, tile)
     void = unassigned_policy == "void"
     if void:
         labels.masked_fill_(state == 0, void_index)
     wdt = work_dtype(probs.dtype)
-    gain = _Gain(metric, m, t, mu, smooth, wdt)
-    thr = round_down(thresholds, wdt)[:, :, None]
-    live = ~pruned[:, :, None]
-    fallback = pruned.all(dim=1).tolist()  # every class pruned: the most probable class wins
-    n = probs.shape[2]
-    cols = max(1, min(n, tile // (2 * c)))
-    # Contested pixels are gathered per image and column range: bounded memory, and the class
-    # constants of one image broadcast over its pixels.
-    for image in range(probs.shape[0]):
-        for n0 in range(0, n, cols):
-            pixel_state = state[image, n0 : n0 + cols]
-            (idx,) = ((pixel_state == 2) if void else (pixel_state != 1)).nonzero(as_tuple=True)
-            if idx.numel() == 0:
-                continue
-            p = probs[image, :, n0 : n0 + cols].index_select(1, idx).to(wdt)  # (C, k)
-            if fallback[image]:
-                score = p
-            else:
-                several = (pixel_state.index_select(0, idx) == 2)[None, :]
-                eligible = torch.where(several, p > thr[image], live[image])
-                score = gain(p, image).masked_fill_(~eligible, -float("inf"))
-            labels[image, n0 + idx] = score.argmax(dim=0)
+    scorer = _Scorer(probs, state, thresholds, pruned, _Gain(metric, m, t, mu, smooth, wdt), wdt, void)
+    if probs.device.type == "cpu":
+        scorer.gathered(labels, tile)
+    else:
+        scorer.dense(labels, tile)
     return labels
+
+
+class _Scorer:
+    """Scores the contested pixels: the largest eligible gain, or the largest probability where
+    every class of the image was pruned (module docstring, rules 2-4)."""
+
+    def __init__(
+        self,
+        probs: Tensor,
+        state: Tensor,
+        thresholds: Tensor,
+        pruned: Tensor,
+        gain: _Gain,
+        dtype: torch.dtype,
+        void: bool,
+    ) -> None:
+        self.probs, self.state, self.gain, self.dtype, self.void = probs, state, gain, dtype, void
+        self.thr = round_down(thresholds, dtype)[:, :, None]
+        self.live = ~pruned[:, :, None]
+        self.fallback = pruned.all(dim=1)  # (B,)
+
+    def _score(self, p: Tensor, pixel_state: Tensor, images: int | slice) -> Tensor:
+        """Scores of ``p`` (``(C, k)`` for one image, ``(b, C, k)`` for a slice); class dim -2."""
+        several = (pixel_state == 2).unsqueeze(-2)
+        eligible = torch.where(several, p > self.thr[images], self.live[images])
+        score = self.gain(p, images).masked_fill_(~eligible, -float("inf"))
+        fallback = self.fallback[images]
+        return torch.where(fallback[..., None, None] if fallback.dim() else fallback, p, score)
+
+    def _contested(self, pixel_state: Tensor) -> Tensor:
+        return (pixel_state == 2) if self.void else (pixel_state != 1)
+
+    def gathered(self, labels: Tensor, tile: int) -> None:
+        """Gather the contested pixels per image and column range (bounded memory; the class
+        constants of one image broadcast over its pixels)."""
+        _, c, n = self.probs.shape
+        cols = max(1, min(n, tile // (2 * c)))
+        for image in range(self.probs.shape[0]):
+            for n0 in range(0, n, cols):
+                pixel_state = self.state[image, n0 : n0 + cols]
+                (idx,) = self._contested(pixel_state).nonzero(as_tuple=True)
+                if idx.numel() == 0:
+                    continue
+                p = self.probs[image, :, n0 : n0 + cols].index_select(1, idx).to(self.dtype)  # (C, k)
+                labels[image, n0 + idx] = self._score(p, pixel_state.index_select(0, idx), image).argmax(
+                    dim=0
+                )
+
+    def dense(self, labels: Tensor, tile: int) -> None:
+        """Score every pixel of each tile and keep the contested ones (no data-dependent shapes)."""
+        b, c, n = self.probs.shape
+        cols = max(1, min(n, tile // (2 * c)))
+        imgs = max(1, tile // (2 * c * n)) if cols == n else 1
+        for b0 in range(0, b, imgs):
+            images = slice(b0, min(b, b0 + imgs))
+            for n0 in range(0, n, cols):
+                pixel_state = self.state[images, n0 : n0 + cols]
+                p = self.probs[images, :, n0 : n0 + cols].to(self.dtype)  # (b, C, k)
+                best = self._score(p, pixel_state, images).argmax(dim=1)
+                current = labels[images, n0 : n0 + cols]
+                current.copy_(torch.where(self._contested(pixel_state), best, current))
