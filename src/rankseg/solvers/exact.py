@@ -211,9 +211,9 @@ def _outside_bound(
     return float(torch.stack(bounds).max()) if bounds else -math.inf
 
 
-def _band_half_width(sample: Tensor, n: int, theta: float) -> tuple[float, float]:
-    """``(delta, rho)``: half-width in probability of the first band around ``theta``, and the local
-    density of pixels (pixels per unit probability) estimated from the sorted (decreasing) sample.
+def _band_half_width(sample: Tensor, n: int, theta: float) -> float:
+    """Half-width in probability of the first band around ``theta``, from the local density of
+    pixels ``rho`` (pixels per unit probability) estimated from the sorted (decreasing) sample.
 
     The band should hold the ranks within ``W = 4 sqrt(2 rho)`` of the RMA volume: the upper bound
     exceeds the exact objective by about ``2 / (tau + mu)``, and moving ``k`` ranks away from the
@@ -226,7 +226,7 @@ def _band_half_width(sample: Tensor, n: int, theta: float) -> tuple[float, float
     spread = float(sample[lo] - sample[hi]) if hi > lo else 0.0
     rho = (hi - lo) * scale / spread if spread > 0 else float(n)
     width = max(512.0, 4.0 * math.sqrt(2.0 * rho + 1.0))
-    return width / rho, rho
+    return width / rho
 
 
 def _scan(probs: Tensor, row: int, theta_high: float, theta_low: float, direct_all: bool, order: int):
@@ -398,7 +398,7 @@ def _long_row(
     """
     n = probs.shape[1]
     large = mu + gamma >= _LARGE_SCALE
-    delta, _ = _band_half_width(sample, n, theta_rma)
+    delta = _band_half_width(sample, n, theta_rma)
     while True:
         if large:
             high, low = (theta_rma + delta, theta_rma - delta) if delta < 1.0 else (math.inf, -math.inf)
