@@ -331,23 +331,30 @@ def test_eomt_merge_canvas_matches_transformers_size_rule():
 
 
 def test_oneformer_antialias_follows_the_backend_and_can_be_chosen(oneformer, monkeypatch):
+    import transformers as T
+
     small = [(10, 12), (9, 7)]  # smaller than the 23x27 mask map: antialiasing matters
-    pil = oneformer.official(oneformer.outputs, target_sizes=small, return_segmentation_scores=True)
+    pil_processor = T.OneFormerImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128})
+    tv_processor = T.OneFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
+    pil = pil_processor.post_process_semantic_segmentation(
+        oneformer.outputs, target_sizes=small, return_segmentation_scores=True
+    )
+    tv = tv_processor.post_process_semantic_segmentation(
+        oneformer.outputs, target_sizes=small, return_segmentation_scores=True
+    )
     default = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small)
     chosen_false = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias=False)
     chosen_true = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias=True)
-    # The torchvision backend: tvF.resize(BILINEAR) on a float tensor = interpolate(antialias=True).
-    scores = oneformer.official(oneformer.outputs, return_segmentation_scores=True)
-    for i, size in enumerate(small):
-        torch.testing.assert_close(default[i], expected_probs(oneformer, pil[i].segmentation_scores))
-        assert torch.equal(default[i], chosen_false[i])
-        tv = F.interpolate(scores[i].segmentation_scores[None], size, mode="bilinear", antialias=True)[0]
-        torch.testing.assert_close(chosen_true[i], tv / tv.sum(dim=0, keepdim=True), rtol=1e-6, atol=1e-7)
+    for i in range(len(small)):
+        # torchvision is installed: the default processor is the torchvision backend (antialiased).
+        torch.testing.assert_close(default[i], expected_probs(oneformer, tv[i].segmentation_scores))
+        assert torch.equal(default[i], chosen_true[i])
+        torch.testing.assert_close(chosen_false[i], expected_probs(oneformer, pil[i].segmentation_scores))
         assert not torch.allclose(chosen_true[i], chosen_false[i], atol=1e-3)
 
-    monkeypatch.setattr("transformers.utils.is_torchvision_available", lambda: True)
-    with_torchvision = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small)
-    for a, b in zip(with_torchvision, chosen_true, strict=True):
+    monkeypatch.setattr("transformers.utils.is_torchvision_available", lambda: False)
+    without_torchvision = hf.restore_semantic_probs(oneformer.outputs, target_sizes=small)
+    for a, b in zip(without_torchvision, chosen_false, strict=True):
         assert torch.equal(a, b)
     with pytest.raises(TypeError, match="antialias must be True, False or None; got 'yes'"):
         hf.restore_semantic_probs(oneformer.outputs, target_sizes=small, antialias="yes")
