@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from rankseg import RankSEG
-from rankseg._figure import GAP, LINE, MARGIN
+from rankseg.cli.demo import BAR_COLOURS, PANEL
+from rankseg.cli.figures import GAP, LINE, MARGIN
 from rankseg.data import sample_labels, synthetic_probs
-from rankseg.demo import BAR_COLOURS, PANEL
 from rankseg.metrics import SegmentationCounts, score_from_counts, segmentation_counts
 
 RANKSEG = Path(sys.executable).with_name("rankseg")

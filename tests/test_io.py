@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rankseg._figure import FONT, bars_panel, compose, draw_text, text_width
-from rankseg._io import InputError, OutputExistsError, read_array, split_suffix, write_atomic, write_mask
-from rankseg._png import decode_png, encode_png
+from rankseg.cli._png import decode_png, encode_png
+from rankseg.cli.figures import FONT, bars_panel, compose, draw_text, text_width
+from rankseg.cli.io import InputError, OutputExistsError, read_array, split_suffix, write_atomic, write_mask
 
 
 def png_with_filters(image: np.ndarray, filters: list[int]) -> bytes:
@@ -197,7 +197,7 @@ def test_bars_are_as_tall_as_their_values():
 
 def test_compose_has_the_documented_size():
     panel = np.zeros((16, 16, 3), np.uint8)
-    from rankseg._figure import GAP, LINE, MARGIN, FigureRow
+    from rankseg.cli.figures import GAP, LINE, MARGIN, FigureRow
 
     image = compose(["h1", "h2"], ["t1", "t2", "t3"], [FigureRow("r", [panel] * 3)] * 4, 16)
     assert image.shape == (

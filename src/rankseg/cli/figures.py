@@ -1,15 +1,19 @@
 """Raster figures with NumPy alone: colour panels, bar panels and 5x7 bitmap text.
 
 Used by ``rankseg demo`` so that its figure needs no plotting library; :func:`compose` lays panels
-out in rows under one caption each, and the result is written with :func:`rankseg._png.encode_png`.
+out in rows under one caption each, and the result is written with :func:`rankseg.cli._png.encode_png`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from .io import write_atomic
 
 __all__ = [
     "CHANGED_COLOUR_REMOVED",
@@ -237,3 +241,42 @@ def compose(header: Sequence[str], titles: Sequence[str], rows: Sequence[FigureR
             canvas[y : y + size, x : x + size] = panel
         y += size + GAP
     return canvas
+
+
+# ------------------------------------------------------------------ evaluate --plot (matplotlib)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gains(plt, summary, path: Path, force: bool) -> Path:
+    base = np.asarray(summary.per_image[summary.baseline], dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    for method in summary.methods:
+        if method == summary.baseline:
+            continue
+        gains = np.sort(np.asarray(summary.per_image[method], dtype=float) - base)[::-1]
+        ax.plot(
+            np.arange(1, gains.size + 1),
+            gains,
+            marker="o",
+            ms=3,
+            label=f"{method} (mean {np.nanmean(gains):+.4f})",
+        )
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("image (sorted by gain)")
+    ax.set_ylabel(f"per-image mDice gain over {summary.baseline}")
+    ax.set_title(f"RankSEG against {summary.baseline}: {len(base)} image(s)")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    data = buf.getvalue()
+    return write_atomic(path, lambda f: f.write(data), force=force)

@@ -1,4 +1,4 @@
-"""The per-file work of the command line: load and check maps, predict, count, summarise.
+"""``rankseg evaluate``: the per-file work (load and check maps, predict, count, summarise) and the command.
 
 Module-level functions and plain data only, so that ``rankseg evaluate --workers N`` can hand
 them to worker processes.
@@ -6,11 +6,15 @@ them to worker processes.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
+import os
 import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import InputError, read_array
-from ._predictor import RankSEG
-from .metrics import SegmentationCounts, score_from_counts, segmentation_counts
+from .._predictor import RankSEG
+from ..metrics import SegmentationCounts, score_from_counts, segmentation_counts
+from ._common import (
+    PLOT_HINT,
+    Progress,
+    Reporter,
+    UsageError,
+    check_output,
+    predictor_from_args,
+    progress_enabled,
+)
+from .figures import plot_gains, pyplot
+from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES, InputError, read_array, split_suffix, write_atomic
 
 __all__ = [
     "EvalTask",
@@ -355,3 +369,174 @@ def summary_csv(summary: Summary) -> str:
     for method in summary.methods:
         writer.writerow([method, *(repr(summary.metrics[method][k]) for k in keys)])
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...], what: str, report: Reporter) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise UsageError(f"--{what} {folder} is not a folder")
+    found: dict[str, Path] = {}
+    skipped = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        stem, suffix = split_suffix(path)
+        if suffix not in suffixes:
+            skipped.append(path.name)
+            continue
+        if stem in found:
+            report.error(f"{path}: has the same name as {found[stem]}; keep one file per image in --{what}")
+            continue
+        found[stem] = path
+    if skipped:
+        report.warn(
+            f"ignored {len(skipped)} file(s) in {folder} that are not {', '.join(suffixes)}: "
+            + ", ".join(skipped)
+        )
+    return found
+
+
+def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
+    names = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"--solvers must name at least one solver (e.g. RMA,exact); got {args.solvers!r}")
+    if args.metric.strip().lower() in ("acc", "accuracy"):
+        raise UsageError("--metric must be dice or iou for evaluate (accuracy has no RankSEG solver)")
+    solvers = [
+        predictor_from_args(args, name, args.output_mode or "multiclass", report, "--solvers").solver
+        for name in names
+    ]
+    return tuple(dict.fromkeys(solvers))  # without repeats, in the order given
+
+
+def run_command(args: argparse.Namespace) -> int:
+    report = Reporter("evaluate")
+    solvers = _solver_list(args, report)
+    plt = None
+    try:
+        for path in (args.json, args.csv, args.plot):
+            check_output(path, args.force)
+        if args.plot is not None:
+            plt = pyplot()
+    except InputError as exc:
+        report.error(str(exc))
+        return 1
+    except ImportError:
+        report.error(PLOT_HINT)
+        return 1
+
+    probs = _files_by_stem(args.probs, ARRAY_SUFFIXES, "probs", report)
+    labels = _files_by_stem(args.labels, LABEL_SUFFIXES, "labels", report)
+    tasks = []
+    for stem, path in probs.items():
+        if stem not in labels:
+            report.error(f"{path}: no label file named {stem}.* in {args.labels}")
+            continue
+        tasks.append(
+            EvalTask(
+                name=stem,
+                probs_path=path,
+                labels_path=labels[stem],
+                solvers=solvers,
+                metric=args.metric,
+                smooth=args.smooth,
+                pruning_prob=args.pruning_prob,
+                output_mode=args.output_mode,
+                num_classes=args.num_classes,
+                ignore_index=args.ignore_index,
+                logits=args.logits,
+                activation=args.activation,
+            )
+        )
+    unused = sorted(set(labels) - set(probs))
+    if unused:
+        report.warn(
+            f"{len(unused)} label file(s) have no probability map and were skipped: {', '.join(unused)}"
+        )
+
+    results = _run_tasks(
+        tasks, args.workers, Progress(len(tasks), "rankseg evaluate", progress_enabled(args))
+    )
+    good: list[PairResult] = []
+    failed: dict[str, str] = {}
+    kinds = Counter((r.num_classes, r.baseline) for r in results if r.error is None)
+    kind = max(kinds, key=lambda k: kinds[k]) if kinds else None  # the most common; ties: the first
+    for task, result in zip(tasks, results, strict=True):
+        if result.error is None and (result.num_classes, result.baseline) != kind:
+            result.error = (
+                f"{task.probs_path}: has {result.num_classes} class channels ({result.baseline}) but "
+                f"{kinds[kind]} other maps have {kind[0]} ({kind[1]}); "
+                "--num-classes selects the maps to evaluate"
+            )
+        if result.error is not None:
+            report.error(result.error)
+            failed[result.name] = result.error
+        else:
+            good.append(result)
+    if not good:
+        report.error("no image could be evaluated")
+        return 1
+
+    summary = summarise(good, args.smooth)
+    print(
+        f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
+        f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
+    )
+    print()
+    print(format_table(summary))
+    extra = {
+        "probs": str(args.probs),
+        "labels": str(args.labels),
+        "metric": args.metric,
+        "smooth": args.smooth,
+        "ignore_index": args.ignore_index,
+    }
+    saved = []
+    try:
+        if args.json is not None:
+            text = summary_json(summary, failed, extra).encode()
+            saved.append(write_atomic(args.json, lambda f: f.write(text), force=args.force))
+        if args.csv is not None:
+            text_csv = summary_csv(summary).encode()
+            saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
+        if plt is not None:
+            saved.append(plot_gains(plt, summary, args.plot, args.force))
+    except InputError as exc:
+        report.error(str(exc))
+    except OSError as exc:
+        report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
+    for path in saved:
+        print(f"saved {path}")
+    return 1 if report.failed else 0
+
+
+def _set_worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_tasks(tasks: list[EvalTask], workers: int, progress: Progress) -> list[PairResult]:
+    """Results in the order of ``tasks``; in ``workers`` processes when more than one."""
+    results: list[PairResult | None] = [None] * len(tasks)
+    if workers == 1 or len(tasks) <= 1:
+        for i, task in enumerate(tasks):
+            results[i] = evaluate_pair(task)
+            progress.step(task.name)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_set_worker_threads, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(evaluate_pair, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except Exception as exc:  # a worker that died: report the file
+                    results[i] = PairResult(
+                        tasks[i].name, error=f"{tasks[i].probs_path}: worker failed ({exc})"
+                    )
+                progress.step(tasks[i].name)
+    progress.close()
+    return [r for r in results if r is not None]

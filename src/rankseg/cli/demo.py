@@ -15,6 +15,7 @@ and the time; it writes a PNG figure of the masks.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -29,8 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import metrics
-from ._figure import (
+from .. import metrics
+from .._predictor import RankSEG
+from ..data import sample_labels, synthetic_probs
+from ._common import Reporter
+from ._png import encode_png
+from .figures import (
     FigureRow,
     bars_panel,
     changed_panel,
@@ -39,10 +44,7 @@ from ._figure import (
     probability_panel,
     resize_nearest,
 )
-from ._io import InputError, write_atomic
-from ._png import encode_png
-from ._predictor import RankSEG
-from .data import sample_labels, synthetic_probs
+from .io import InputError, write_atomic
 
 __all__ = [
     "SOLVERS",
@@ -312,7 +314,7 @@ def run_demo(
     """Run the demo, print its table to ``stream`` (stdout) and write the figure; returns its path.
 
     ``out``: the figure's path (default ``rankseg-demo.png`` in the current folder, numbered when
-    that exists). Raises :class:`rankseg._io.InputError` when ``out`` exists and ``force`` is False.
+    that exists). Raises :class:`rankseg.cli.io.InputError` when ``out`` exists and ``force`` is False.
     """
     stream = stream or sys.stdout
     path = Path(out) if out is not None else _default_figure_path()
@@ -358,3 +360,16 @@ def run_demo(
         )
     stream.flush()
     return path
+
+
+def run_command(args: argparse.Namespace) -> int:
+    report = Reporter("demo")
+    try:
+        run_demo(out=args.out, force=args.force, save_data=args.save_data)
+    except InputError as exc:
+        report.error(str(exc))
+        return 1
+    except OSError as exc:
+        report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
+        return 1
+    return 0
