@@ -49,6 +49,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["NotFittedError", "TemperatureScaling", "resolve_calibration"]
@@ -80,18 +81,22 @@ class _PassStats(NamedTuple):
     """Sums over the labelled pixels of one pass at ``beta`` (float64, CPU).
 
     ``nll``: the NLL; ``grad``: ``(K,)``; ``curv``: ``(K,)`` second derivatives, or the ``(C, C)``
-    Hessian for the per-class softmax; ``count``: labelled pixels (softmax) or (pixel, class)
-    elements (sigmoid) per class; ``grad_zero`` / ``grad_inf``: the gradient at ``beta = 0`` and its
-    limit as ``beta -> inf`` (first pass only).
+    Hessian for the per-class softmax; ``labelled``: labelled pixels (softmax) or (pixel, class)
+    elements (sigmoid); ``batches``: batches read. First pass only: ``count``, ``labelled`` per
+    class; ``grad_zero`` / ``grad_inf``: the gradient at ``beta = 0`` and its limit as ``beta ->
+    inf``. Per-class softmax only: ``misranked``, the labelled pixels where another class's scaled
+    logit is above the label's.
     """
 
     nll: float
     grad: Tensor
     curv: Tensor
-    count: Tensor
+    labelled: int
+    batches: int
+    count: Tensor | None
     grad_zero: Tensor | None
     grad_inf: Tensor | None
-    batches: int
+    misranked: int | None
 
 
 class TemperatureScaling:
@@ -222,9 +227,9 @@ class TemperatureScaling:
             "activation": config.activation,
             "temperature": temperature if config.per_class else temperature.reshape(()),
             "num_classes": data.num_classes,
-            "n_pixels": int(first.count.sum()),
-            "nll_before": first.nll / float(first.count.sum()),
-            "nll_after": last.nll / float(first.count.sum()),
+            "n_pixels": first.labelled,
+            "nll_before": first.nll / first.labelled,
+            "nll_after": last.nll / first.labelled,
             "n_passes": passes,
         }
         return self
@@ -555,7 +560,10 @@ def _one_channel_message(shape: tuple[int, ...]) -> str:
 
 
 def _batch_source(logits: object, labels: object) -> Callable[[], Iterator[tuple[str, object, object]]]:
-    """A function returning a fresh iterator of ``(where, logits, labels)`` for each pass."""
+    """A function returning a fresh iterator of ``(where, logits, labels)`` for each pass.
+
+    ``where`` names the batch in error messages: ``" (batch 3)"``, or ``""`` for one tensor.
+    """
     if isinstance(logits, (Tensor, np.ndarray)):
         if labels is None:
             raise TypeError("labels is required with a logits tensor or array: fit(logits, labels)")
@@ -564,7 +572,7 @@ def _batch_source(logits: object, labels: object) -> Callable[[], Iterator[tuple
                 "labels must be a torch.Tensor or numpy.ndarray when logits is one; "
                 f"got {type(labels).__name__}"
             )
-        return lambda: iter([("logits", logits, labels)])
+        return lambda: iter([("", logits, labels)])
     if labels is None:
         if callable(logits):
             factory = logits
@@ -601,7 +609,7 @@ def _pairs(factory: Callable[[], Iterable[Any]]) -> Iterator[tuple[str, object, 
                 f"each batch must be a (logits, labels) pair; batch {k} is a {type(item).__name__}"
                 + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
             )
-        yield f"batch {k}", item[0], item[1]
+        yield f" (batch {k})", item[0], item[1]
 
 
 def _zipped(logits: Iterable[Any], labels: Iterable[Any]) -> Iterator[tuple[str, object, object]]:
@@ -617,7 +625,7 @@ def _zipped(logits: Iterable[Any], labels: Iterable[Any]) -> Iterator[tuple[str,
                     f"logits and labels hold different numbers of batches: {longer} has more than {k}"
                 )
             return
-        yield f"batch {k}", x, y
+        yield f" (batch {k})", x, y
         k += 1
 
 
@@ -654,12 +662,12 @@ class _ValidationData:
         if first:
             self._check_first(stats, extremes)
             self._first = stats
-        elif stats.batches != self._first.batches or not torch.equal(stats.count, self._first.count):
+        elif (stats.batches, stats.labelled) != (self._first.batches, self._first.labelled):
             raise ValueError(
                 f"the batches changed between passes ({self._first.batches} batches with "
-                f"{int(self._first.count.sum())} labelled pixels, then {stats.batches} with "
-                f"{int(stats.count.sum())}): fit reads the data once per Newton step, and every pass must "
-                "yield the same data (a list, a DataLoader, or a function returning a fresh generator)"
+                f"{self._first.labelled} labelled pixels, then {stats.batches} with {stats.labelled}): "
+                "fit reads the data once per Newton step, and every pass must yield the same data "
+                "(a list, a DataLoader, or a function returning a fresh generator)"
             )
         return stats
 
@@ -684,21 +692,22 @@ class _ValidationData:
             nll=float(total("nll", ())),
             grad=grad.reshape(-1),
             curv=curv if curv.dim() == 2 else curv.reshape(-1),
-            count=totals["count"] if "count" in totals else torch.zeros(classes, dtype=torch.int64),
+            labelled=int(total("labelled", ())),
+            batches=batches,
+            count=total("count", (classes,)).long() if first else None,
             grad_zero=grad_zero.reshape(-1) if first else None,
             grad_inf=grad_inf.reshape(-1) if first else None,
-            batches=batches,
+            misranked=int(totals["misranked"]) if "misranked" in totals else None,
         )
 
     def _checked(
         self, where: str, raw_logits: object, raw_labels: object, first: bool, extremes: list[float]
     ) -> tuple[Tensor, Tensor]:
         config = self.config
-        logits, _ = _float_tensor(raw_logits, f"logits ({where})" if where != "logits" else "logits")
+        logits, _ = _float_tensor(raw_logits, f"logits{where}")
         if logits.dim() < 3:
             raise ValueError(
-                "logits must have shape (batch, classes, *spatial); "
-                f"got shape {tuple(logits.shape)} ({where})"
+                f"logits must have shape (batch, classes, *spatial); got shape {tuple(logits.shape)}{where}"
             )
         classes = logits.shape[1]
         if self.num_classes is None:
@@ -711,8 +720,8 @@ class _ValidationData:
             self.num_classes = classes
         elif classes != self.num_classes:
             raise ValueError(
-                f"every batch must have the same number of classes; {where} has {classes} "
-                f"(shape {tuple(logits.shape)}), the first had {self.num_classes}"
+                f"every batch must have the same number of classes: the first had {self.num_classes}, "
+                f"but logits{where} have {classes} (shape {tuple(logits.shape)})"
             )
         labels = _label_tensor(raw_labels, logits.device)
         labels = self._shaped_labels(where, logits, labels)
@@ -730,7 +739,7 @@ class _ValidationData:
                     hint = " (0/1 labels per class go with activation='sigmoid')"
                 raise ValueError(
                     f"labels must be class indices of shape (batch, *spatial) = {expected} for logits of "
-                    f"shape {tuple(logits.shape)}; got {tuple(labels.shape)} ({where}){hint}"
+                    f"shape {tuple(logits.shape)}; got {tuple(labels.shape)}{where}{hint}"
                 )
             if labels.dtype == torch.bool:
                 raise TypeError(
@@ -745,7 +754,7 @@ class _ValidationData:
                 hint = " (class-index labels go with activation='softmax')"
             raise ValueError(
                 f"labels must be 0/1 per class, of the logits' shape {tuple(logits.shape)} for "
-                f"activation='sigmoid'; got {tuple(labels.shape)} ({where}){hint}"
+                f"activation='sigmoid'; got {tuple(labels.shape)}{where}{hint}"
             )
         return labels
 
@@ -760,11 +769,13 @@ class _ValidationData:
             self._kept[key] = (draw < fraction).to(device)
         return self._kept[key]
 
-    def _chunks(self, logits: Tensor, labels: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-        """Float64 ``(pixels, classes)`` logits and labels of the labelled pixels, in bounded chunks.
+    def _chunks(self, logits: Tensor, labels: Tensor) -> Iterator[tuple[Tensor, ...]]:
+        """The batch in float64 ``(images, classes, pixels)`` chunks of at most ``_CHUNK_ELEMENTS``.
 
-        softmax: ``(z, y)`` with ``y`` the class index of each row. sigmoid: ``(s, w)``, the signed
-        logits ``(2 y - 1) z`` (0 where unlabelled) and the bool mask of labelled entries.
+        The layout of the logits is kept, so the sums over classes are vectorised along the pixels.
+        softmax: ``(z, y, w)``: logits, labels clamped into ``[0, C)`` and the float 0/1 weight of
+        each pixel (0: ignored or not in the subsample). sigmoid: ``(s, valid)``: the signed logits
+        ``(2 y - 1) z``, 0 where not ``valid`` (ignored or not in the subsample).
         """
         batch, classes, *spatial = logits.shape
         n = math.prod(spatial)
@@ -775,35 +786,26 @@ class _ValidationData:
         softmax = self.config.activation == "softmax"
         flat_labels = labels.reshape(batch, n) if softmax else labels.reshape(batch, classes, n)
         images = max(1, _CHUNK_ELEMENTS // (classes * n))
-        step = n if images > 1 or classes * n <= _CHUNK_ELEMENTS else max(1, _CHUNK_ELEMENTS // classes)
+        step = n if classes * n <= _CHUNK_ELEMENTS else max(1, _CHUNK_ELEMENTS // classes)
         ignore = self.config.ignore_index
         for b0 in range(0, batch, images):
             for s0 in range(0, n, step):
                 z = flat[b0 : b0 + images, :, s0 : s0 + step].to(torch.float64)
-                z = z.transpose(1, 2).reshape(-1, classes)
-                n_images, pixels = min(images, batch - b0), min(step, n - s0)
-                keep = None if kept is None else kept[s0 : s0 + pixels].repeat(n_images)
+                y = flat_labels[b0 : b0 + images, ..., s0 : s0 + step]
+                valid = y != ignore if ignore is not None else torch.ones_like(y, dtype=torch.bool)
+                if kept is not None:
+                    valid &= kept[s0 : s0 + step]
                 if softmax:
-                    y = flat_labels[b0 : b0 + images, s0 : s0 + step].reshape(-1).long()
-                    valid = keep
-                    if ignore is not None:
-                        valid = y != ignore if keep is None else keep & (y != ignore)
-                    if valid is not None:
-                        z, y = z[valid], y[valid]
-                    yield z, y
+                    yield z, y.long().clamp(0, classes - 1), valid.to(torch.float64)
                 else:
-                    y = flat_labels[b0 : b0 + images, :, s0 : s0 + step].transpose(1, 2).reshape(-1, classes)
-                    valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
-                    if keep is not None:
-                        valid &= keep[:, None]
                     positive = y == 1 if y.dtype != torch.bool else y
-                    signed = torch.where(positive, z, -z)
-                    yield torch.where(valid, signed, torch.zeros_like(signed)), valid
+                    yield torch.where(valid, torch.where(positive, z, -z), torch.zeros_like(z)), valid
 
     def _check_first(self, stats: _PassStats, extremes: list[float]) -> None:
         config = self.config
         lo, hi, sum_error = extremes
-        if 0 <= lo <= hi <= 1 and (config.activation == "sigmoid" or sum_error <= 1e-3):
+        # A constant map is not recognisably anything (and is refused below as uninformative).
+        if 0 <= lo < hi <= 1 and (config.activation == "sigmoid" or sum_error <= 1e-3):
             if config.activation == "softmax":
                 raise ValueError(
                     "logits look like probabilities: every value is in [0, 1] and the classes sum to 1 at "
@@ -815,7 +817,7 @@ class _ValidationData:
                 "TemperatureScaling needs the logits before the sigmoid (torch.logit(probs) recovers them)"
             )
         unit = "pixel" if config.activation == "softmax" else "(pixel, class) element"
-        if int(stats.count.sum()) == 0:  # after the probability check: its message says more
+        if stats.labelled == 0:  # after the probability check: its message says more
             raise ValueError(
                 f"no labelled {unit} to fit on: every label is ignore_index={config.ignore_index}"
                 + (f" or outside the subsample={config.subsample}" if config.subsample is not None else "")
@@ -850,7 +852,7 @@ def _check_batch_values(
 ) -> None:
     lo, hi = (float(v) for v in torch.aminmax(logits))
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"logits must be finite; {where} contains NaN or infinite values")
+        raise ValueError(f"logits{where} must be finite; they contain NaN or infinite values")
     extremes[0], extremes[1] = min(extremes[0], lo), max(extremes[1], hi)
     if config.activation == "softmax" and lo >= 0 and hi <= 1:
         extremes[2] = max(extremes[2], float((logits.float().sum(dim=1) - 1).abs().max()))
@@ -868,64 +870,83 @@ def _check_batch_values(
         bad &= valid
         allowed += f" or ignore_index={ignore}"
     if bad.any():
-        raise ValueError(f"labels must be {allowed}; {where} holds the label {int(labels[bad][0])}")
+        raise ValueError(f"labels{where} must be {allowed}; found the label {int(labels[bad][0])}")
 
 
 # ---------------------------------------------------------------------- the NLL and its derivatives
 
 
-def _terms(part: tuple[Tensor, Tensor], beta: Tensor, config: _Config, first: bool) -> dict[str, Tensor]:
+def _terms(part: tuple[Tensor, ...], beta: Tensor, config: _Config, first: bool) -> dict[str, Tensor]:
     if config.activation == "sigmoid":
         return _sigmoid_terms(*part, beta, config.per_class, first)
     return _softmax_terms(*part, beta, config.per_class, first)
 
 
-def _softmax_terms(z: Tensor, y: Tensor, beta: Tensor, per_class: bool, first: bool) -> dict[str, Tensor]:
-    """Sums over rows of ``z`` (M, C) with labels ``y`` (M,) at ``beta`` (``(1,)`` or ``(C,)``).
+def _softmax_terms(
+    z: Tensor, y: Tensor, w: Tensor, beta: Tensor, per_class: bool, first: bool
+) -> dict[str, Tensor]:
+    """Weighted sums over the pixels of ``z`` ``(b, C, n)``, labels ``y`` and weights ``w`` ``(b, n)``.
 
-    Global: ``grad = sum_i (E_p[z_i] - z_iy)``, ``curv = sum_i Var_p(z_i)``. Per class:
-    ``grad_c = sum_i z_ic (p_ic - [y_i = c])``, Hessian ``diag(sum_i p_ic z_ic^2) - sum_i w_i w_i^T``
-    with ``w_ic = p_ic z_ic``.
+    At ``beta`` (``(1,)`` or ``(C,)``), with ``p = softmax(beta * z)`` over the classes:
+    ``nll = sum_i w_i [logsumexp(beta z_i) - beta_y z_iy]``. Global: ``grad = sum_i w_i (E_p[z_i]
+    - z_iy)``, ``curv = sum_i w_i Var_p(z_i)``. Per class: ``grad_c = sum_i w_i z_ic (p_ic -
+    [y_i = c])`` and the Hessian ``diag(sum_i w_i p_ic z_ic^2) - sum_i w_i (p_i z_i)(p_i z_i)^T``.
     """
     classes = z.shape[1]
-    scaled = z * beta
-    lse = torch.logsumexp(scaled, dim=1)
-    p = torch.exp(scaled - lse[:, None])
-    z_y = z.gather(1, y[:, None])[:, 0]
-    out = {"nll": (lse - scaled.gather(1, y[:, None])[:, 0]).sum()}
+    index = y[:, None]
+    z_y = z.gather(1, index)[:, 0]
+    scaled_y = z_y * (beta[y] if beta.numel() > 1 else beta)
+    shifted = z * beta.reshape(1, -1, 1)
+    top = shifted.amax(dim=1, keepdim=True)
+    shifted -= top
+    out: dict[str, Tensor] = {"labelled": w.sum()}
+    if per_class:  # another class scores above the label (scaled_y is exactly one of the maximised values)
+        out["misranked"] = (w * (top[:, 0] > scaled_y)).sum()
+    weights = shifted.exp_()  # softmax numerators, in place
+    total = weights.sum(dim=1)
+    out["nll"] = (w * (top[:, 0] + total.log() - scaled_y)).sum()
     if per_class:
-        pz = p * z
-        label_sums = torch.zeros(classes, dtype=z.dtype, device=z.device).index_add_(0, y, z_y)
-        out["grad"] = pz.sum(0) - label_sums
-        out["curv"] = torch.diag((pz * z).sum(0)) - pz.T @ pz
+        pz = weights.div_(total[:, None]).mul_(z)
+        weighted = pz * w[:, None]
+        is_label = y[:, None] == torch.arange(classes, device=y.device)[:, None]
+        label_sums = (is_label * (w * z_y)[:, None]).sum(dim=(0, 2))
+        out["grad"] = weighted.sum(dim=(0, 2)) - label_sums
+        out["curv"] = torch.diag((weighted * z).sum(dim=(0, 2))) - torch.bmm(
+            weighted, pz.transpose(1, 2)
+        ).sum(dim=0)
     else:
-        mean = (p * z).sum(1)
-        out["grad"] = (mean - z_y).sum()
-        out["curv"] = (p * (z - mean[:, None]).square()).sum()
-    out["count"] = torch.bincount(y, minlength=classes)
+        # E_p[z] and E_p[z^2]; Var = E[z^2] - E[z]^2 loses ~1e-16 z^2 per pixel, harmless in the
+        # curvature (it only steers the Newton steps; the root is that of the exact gradient).
+        weighted = weights.mul_(z)
+        mean = weighted.sum(dim=1) / total
+        second = weighted.mul_(z).sum(dim=1) / total
+        out["grad"] = (w * (mean - z_y)).sum()
+        out["curv"] = (w * (second - mean.square()).clamp_(min=0)).sum()
     if first:
-        out["grad_zero"] = (z.mean(1) - z_y).sum()
-        out["grad_inf"] = (z.amax(1) - z_y).sum()
+        out["count"] = torch.bincount(y.reshape(-1), weights=w.reshape(-1), minlength=classes)
+        out["grad_zero"] = (w * (z.mean(dim=1) - z_y)).sum()
+        out["grad_inf"] = (w * (z.amax(dim=1) - z_y)).sum()
     return out
 
 
-def _sigmoid_terms(s: Tensor, w: Tensor, beta: Tensor, per_class: bool, first: bool) -> dict[str, Tensor]:
-    """Per-class sums over signed logits ``s`` (M, C) (0 where ``w`` is False) at ``beta``.
+def _sigmoid_terms(s: Tensor, valid: Tensor, beta: Tensor, per_class: bool, first: bool) -> dict[str, Tensor]:
+    """Per-class sums over the signed logits ``s`` ``(b, C, n)`` (0 where not ``valid``) at ``beta``.
 
     ``nll = sum softplus(-beta s)``, ``grad = -sum s sigmoid(-beta s)``,
     ``curv = sum s^2 sigmoid(beta s) sigmoid(-beta s)``; the global problem sums them over classes.
     """
-    u = -s * beta
+    u = -s * beta.reshape(1, -1, 1)
     sig = torch.sigmoid(u)
     out = {
-        "nll": torch.where(w, torch.nn.functional.softplus(u), torch.zeros_like(u)).sum(),
-        "grad": -(s * sig).sum(0),
-        "curv": (s.square() * sig * torch.sigmoid(-u)).sum(0),
-        "count": w.sum(0),
+        "nll": torch.where(valid, F.softplus(u), torch.zeros_like(u)).sum(),
+        "labelled": valid.sum(),
+        "grad": -(s * sig).sum(dim=(0, 2)),
+        "curv": (s.square() * sig * torch.sigmoid(-u)).sum(dim=(0, 2)),
     }
     if first:
-        out["grad_zero"] = -0.5 * s.sum(0)
-        out["grad_inf"] = torch.relu(-s).sum(0)
+        out["count"] = valid.sum(dim=(0, 2))
+        out["grad_zero"] = -0.5 * s.sum(dim=(0, 2))
+        out["grad_inf"] = torch.relu(-s).sum(dim=(0, 2))
     return out
 
 
@@ -1011,18 +1032,36 @@ def _solve_coupled(data: _ValidationData) -> tuple[Tensor, _PassStats, _PassStat
         t = min(1.0, 0.5 * float((beta[shrinking] / -direction[shrinking]).min())) if shrinking.any() else 1.0
         while True:
             trial = beta + t * direction
-            lost = (
-                not bool(torch.isfinite(trial).all())
-                or not 1e-9 < float(trial.min()) <= float(trial.max()) < 1e12
-            )
-            if passes >= _MAX_PASSES or lost:
+            if not bool(torch.isfinite(trial).all()) or float(trial.max()) > 1e12:
+                raise ValueError(
+                    f"the per-class temperature fit diverged (1/T = {trial.tolist()}): the logits nearly "
+                    "separate the labels and no finite temperature minimises the NLL; fit on more data"
+                )
+            vanishing = (trial < 1e-9 * float(trial.max())).nonzero()[:, 0].tolist()
+            if vanishing:
+                raise ValueError(
+                    f"with per-class temperatures, the logits of classes {vanishing} predict the labels no "
+                    "better than chance: the NLL falls as their 1/T goes to 0 (or below); fit a global "
+                    "temperature with per_class=False"
+                )
+            if passes >= _MAX_PASSES:
                 raise ValueError(
                     f"the per-class temperature fit did not converge in {passes} passes (1/T = "
-                    f"{beta.tolist()}); the NLL may have no minimiser at a finite positive temperature "
-                    "for these logits and labels (fit a global one with per_class=False)"
+                    f"{beta.tolist()}): the NLL still falls as 1/T grows, so it likely has no finite "
+                    "minimiser (the per-class scaled logits nearly separate the labels); fit a global "
+                    "temperature (per_class=False) or on more data"
                 )
             trial_stats = data.run(trial)
             passes += 1
+            if trial_stats.misranked == 0:
+                # Then NLL(s * trial) falls for ever as s grows (a direction of recession with zero
+                # slope at infinity), so no finite beta minimises it.
+                raise ValueError(
+                    f"at the per-class 1/T = {trial.tolist()} the scaled logits separate the labels "
+                    "perfectly (no labelled pixel has a class scored above its label), so the NLL keeps "
+                    "falling as these temperatures shrink together and none minimises it; fit a global "
+                    "temperature (per_class=False) or on more data"
+                )
             if trial_stats.nll <= stats.nll + 1e-4 * t * slope + 1e-13 * abs(stats.nll):
                 break
             t *= 0.5

@@ -612,12 +612,13 @@ def calibration_error(
     flat = (groups * n_bins + bins)[valid]
     size = (classes if multilabel else 1) * n_bins
 
-    def binned(weights: Tensor | None) -> Tensor:
-        return torch.bincount(flat, weights=weights, minlength=size).reshape(-1, n_bins).cpu()
+    def binned(weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+        # .to(dtype): bincount of an empty input returns int64 even with float weights
+        return torch.bincount(flat, weights=weights, minlength=size).reshape(-1, n_bins).cpu().to(dtype)
 
-    counts = binned(None)
-    confidence_sum = binned(confidence[valid])
-    correct_sum = binned(correct[valid].to(torch.float64))
+    counts = binned(None, torch.int64)
+    confidence_sum = binned(confidence[valid], torch.float64)
+    correct_sum = binned(correct[valid].to(torch.float64), torch.float64)
     if not multilabel:
         counts, confidence_sum, correct_sum = counts[0], confidence_sum[0], correct_sum[0]
     result = _calibration_result(counts, confidence_sum, correct_sum, edges)
