@@ -76,6 +76,18 @@ def test_global_temperature_recovers_the_miscalibration_factor(softmax_data, sig
         assert scaler.nll_after_ < scaler.nll_before_
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_newton_iteration_converges_in_a_few_passes(seed):
+    """Regression: a last Newton step below one ulp of 1/T used to count as leaving the bracket,
+    so the solver bisected away from the root and crawled back (~40 passes instead of ~6)."""
+    logits = true_logits(4, 6, 32, seed=100 + seed)
+    labels = sample_labels(torch.softmax(logits, 1), seed=seed)
+    for activation, target in (("softmax", labels), ("sigmoid", F.one_hot(labels, 6).movedim(-1, 1))):
+        for k in KS:
+            scaler = TemperatureScaling(activation).fit(k * logits, target)
+            assert scaler.n_passes_ <= 10, (activation, k, scaler.n_passes_)
+
+
 def test_per_class_temperature_recovers_each_class_factor(softmax_data, sigmoid_data):
     for activation, (fit_z, fit_y, _, _) in (("softmax", softmax_data), ("sigmoid", sigmoid_data)):
         ks = CLASS_KS[: fit_z.shape[1]]
@@ -297,6 +309,16 @@ def test_no_information_and_perfect_separation_are_refused_by_name(softmax_data)
         TemperatureScaling("sigmoid", per_class=True).fit(
             logits[:, :2], torch.stack([logits[:, 0] > 0] * 2, 1)
         )
+
+
+def test_per_class_scaling_that_separates_the_labels_is_refused_by_name():
+    """The raw logits misrank pixel 0 (1 < 2), so a global temperature exists; but 1/T = (4, 1)
+    ranks every label first, so the per-class NLL has no finite minimiser."""
+    logits = torch.tensor([[[1.0, -1.0, 3.0, 5.0], [2.0, -3.0, 1.0, 0.0]]], dtype=torch.float64)
+    labels = torch.tensor([[0, 1, 0, 0]])
+    assert TemperatureScaling().fit(logits, labels).temperature_ > 0
+    with pytest.raises(ValueError, match=r"scaled logits separate the labels perfectly.*per_class=False"):
+        TemperatureScaling(per_class=True).fit(logits, labels)
 
 
 # ---------------------------------------------------------------------- applying it
@@ -676,6 +698,15 @@ def test_calibration_error_equals_a_direct_numpy_computation(case):
     assert (result.confidence[filled] >= result.bin_edges[:-1][np.nonzero(filled)[-1]] - 1e-12).all()
 
 
+def test_calibration_error_of_no_pixels_is_nan_with_empty_bins():
+    """Regression: bincount of an empty input returns int64 sums, which broke the NaN fill."""
+    result = calibration_error(torch.zeros(2, 3, 0), torch.zeros(2, 0, dtype=torch.long), 4)
+    assert torch.isnan(result.ece) and result.counts.tolist() == [0, 0, 0, 0]
+    assert result.confidence.dtype == torch.float64 and torch.isnan(result.confidence).all()
+    multilabel = calibration_error(np.zeros((1, 2, 3), np.float32), np.full((1, 2, 3), 255), ignore_index=255)
+    assert multilabel.ece.shape == (2,) and np.isnan(multilabel.ece).all()
+
+
 def test_calibration_error_merge_equals_one_call(softmax_data):
     _, _, test_z, test_y = softmax_data
     probs = torch.softmax(0.5 * test_z, 1)
@@ -762,10 +793,17 @@ def test_bad_calibration_error_input_is_refused_by_name(probs, labels, options, 
 # ---------------------------------------------------------------------- the documentation
 
 
-def test_the_documentation_examples_run():
+def test_the_documentation_examples_run(tmp_path, monkeypatch):
+    """Every Python block of docs/calibration.md runs as shown (those marked ``# needs:`` use the
+    reader's own data and are skipped), in a scratch directory (the example saves a file)."""
     text = (ROOT / "docs" / "calibration.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/calibration.md shows the Python workflow"
+    runnable = [block for block in blocks if "# needs:" not in block]
+    assert runnable, "docs/calibration.md shows the Python workflow"
+    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    for block in blocks:
+    for block in runnable:
         exec(compile(block, "docs/calibration.md", "exec"), namespace)
+    assert (tmp_path / "calibration.json").exists()
+    assert abs(float(namespace["scaler"].temperature_) - 0.4) < 0.02
+    assert float(dice_score(namespace["preds"], namespace["labels_test"], 5)) > 0.52

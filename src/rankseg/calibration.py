@@ -111,7 +111,8 @@ class TemperatureScaling:
 
     Args:
         activation: ``"softmax"`` (labels are class indices) or ``"sigmoid"`` (labels are 0/1 per class).
-        per_class: one temperature per class channel instead of one for all.
+        per_class: one temperature per class channel instead of one for all (softmax: each pass
+            then also builds the ``C x C`` Hessian, ``O(C^2)`` work per pixel).
         ignore_index: label value of unlabelled pixels (e.g. 255), left out of the fit.
         subsample: fraction in ``(0, 1]`` of pixel positions used by :meth:`fit` (``None``: all).
             The kept positions are drawn once per spatial shape from ``seed`` and are the same in
@@ -120,7 +121,8 @@ class TemperatureScaling:
 
     Attributes (after :meth:`fit` or :meth:`load`):
         temperature_: float64 CPU tensor, a scalar or ``(C,)`` with ``per_class=True``.
-        num_classes_: the number of class channels of the fitted logits.
+        num_classes_: the number of class channels of the fitted logits (``None`` for a state
+            loaded without it).
         n_pixels_: labelled pixels used (sigmoid: labelled (pixel, class) elements).
         nll_before_, nll_after_: mean NLL per labelled pixel (element) at ``T = 1`` and at the fit.
         n_passes_: passes over the data the fit made.
@@ -164,7 +166,7 @@ class TemperatureScaling:
         return self._require_fitted()["temperature"].clone()
 
     @property
-    def num_classes_(self) -> int:
+    def num_classes_(self) -> int | None:
         return self._require_fitted()["num_classes"]
 
     @property
