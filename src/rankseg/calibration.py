@@ -58,7 +58,7 @@ Activation = Literal["softmax", "sigmoid"]
 
 _ACTIVATIONS = ("softmax", "sigmoid")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_CHUNK_ELEMENTS = 1 << 21  # float64 work arrays of (pixels, classes) stay ~16 MiB each
+_CHUNK_ELEMENTS = 1 << 21  # float64 work arrays of (images, classes, pixels) stay ~16 MiB each
 _MAX_PASSES = 100
 _STEP_TOL = 1e-10  # relative Newton step at which beta has converged
 _FORMAT = "rankseg.TemperatureScaling"
@@ -255,12 +255,16 @@ class TemperatureScaling:
                      [ 1.0000],
                      [-0.5000]]])
         """
-        fitted = self._require_fitted()
         tensor, from_numpy = _float_tensor(logits, "logits")
+        scaled = self._divided(tensor, dim).to(tensor.dtype)
+        return scaled.cpu().numpy() if from_numpy else scaled
+
+    def _divided(self, tensor: Tensor, dim: int) -> Tensor:
+        """``tensor / T`` along ``dim``, in float32 for half-precision input (not rounded back)."""
+        temperature = self._require_fitted()["temperature"]
         if tensor.dim() == 0:
             raise ValueError("logits must have a class axis; got a 0-d tensor")
         axis = _class_axis(dim, tensor.dim())
-        temperature = fitted["temperature"]
         if temperature.dim() == 1 and tensor.shape[axis] != temperature.numel():
             raise ValueError(
                 f"the per-class temperature has {temperature.numel()} classes but logits of shape "
@@ -269,9 +273,7 @@ class TemperatureScaling:
         work = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
         shape = [1] * tensor.dim()
         shape[axis] = temperature.numel()
-        scaled = work / temperature.to(device=tensor.device, dtype=work.dtype).reshape(shape)
-        scaled = scaled.to(tensor.dtype)
-        return scaled.cpu().numpy() if from_numpy else scaled
+        return work / temperature.to(device=tensor.device, dtype=work.dtype).reshape(shape)
 
     def transform(self, logits: Tensor | np.ndarray, dim: int = 1) -> Tensor | np.ndarray:
         """Calibrated probabilities ``softmax(logits / T)`` over ``dim`` (or ``sigmoid(logits / T)``).
@@ -292,9 +294,8 @@ class TemperatureScaling:
         axis = _class_axis(dim, tensor.dim()) if tensor.dim() else 0
         if activation == "softmax" and (tensor.dim() == 0 or tensor.shape[axis] < 2):
             raise ValueError(_one_channel_message(tuple(tensor.shape)))
-        scaled = self.scale_logits(tensor, dim=dim)
-        work = scaled if scaled.dtype in (torch.float32, torch.float64) else scaled.float()
-        probs = work.softmax(dim=axis) if activation == "softmax" else work.sigmoid()
+        scaled = self._divided(tensor, dim)
+        probs = scaled.softmax(dim=axis) if activation == "softmax" else scaled.sigmoid()
         probs = probs.to(tensor.dtype)
         return probs.cpu().numpy() if from_numpy else probs
 
@@ -820,10 +821,10 @@ class _ValidationData:
             )
         unit = "pixel" if config.activation == "softmax" else "(pixel, class) element"
         if stats.labelled == 0:  # after the probability check: its message says more
-            raise ValueError(
-                f"no labelled {unit} to fit on: every label is ignore_index={config.ignore_index}"
-                + (f" or outside the subsample={config.subsample}" if config.subsample is not None else "")
-            )
+            why = [f"ignore_index={config.ignore_index}"] if config.ignore_index is not None else []
+            why += [f"outside the subsample={config.subsample}"] if config.subsample is not None else []
+            detail = f": every one is {' or '.join(why)}" if why else " (the data hold no pixels)"
+            raise ValueError(f"no labelled {unit} to fit on{detail}")
         if config.per_class:
             missing = (stats.count == 0).nonzero()[:, 0].tolist()
             if missing:
