@@ -3,9 +3,10 @@
 ``transformers`` (Hugging Face semantic/universal segmentation outputs) and ``sam`` (the SAM
 family's prompt and instance masks). Both need the optional ``transformers`` dependency only for
 the model objects you already have; importing ``rankseg`` never imports ``transformers``.
+``nnunet`` (nnU-Net prediction folders) needs the ``nnunet`` extra and is imported only when used.
 """
 
-__all__ = ["sam", "transformers"]
+__all__ = ["nnunet", "sam", "transformers"]
 
 
 def __getattr__(name: str):
