@@ -14,8 +14,10 @@ process pool (several seconds per data set here), so the builder calls the extra
 per-case ``DatasetFingerprintExtractor.analyze_case`` in this process and saves the same
 aggregate ``run()`` saves.
 
-Logits follow the reference labels (seen through the same preprocessing) plus Gaussian noise, so
-boundaries are uncertain and RankSEG and argmax disagree on some voxels.
+Logits follow simple shapes (seen through the same preprocessing) plus Gaussian noise, so
+boundaries are uncertain and RankSEG and argmax disagree on some voxels. The reference labels
+(``labelsTs``) are drawn voxel by voxel from the saved probabilities, so the probabilities are
+calibrated for them, plus the ignore label in a corner of the label-based data set.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def write_volume(array_zyx: np.ndarray, path: Path, geometry: Geometry, writer: 
 
 
 def _volumes(shape: tuple[int, int, int], rng: np.random.Generator, spec: Spec, variant: int):
-    """An image with a zero border (nnU-Net crops it) and reference labels inside the body."""
+    """An image with a zero border (nnU-Net crops it) and labelled shapes inside the body."""
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
     image = np.zeros(shape, np.float32)
     body = (slice(1, shape[0] - 1), slice(2, shape[1] - 1), slice(1, shape[2] - 2))
@@ -151,7 +153,7 @@ def _volumes(shape: tuple[int, int, int], rng: np.random.Generator, spec: Spec, 
     if spec.regions_class_order is None:
         if variant != 2:  # the third case has no tumour: Dice is NaN there for both methods
             labels[inner & inside] = 2
-        labels[(x > 0.3) & (z < -0.3) & inside] = 3  # the ignore label, in the reference only
+        labels[(x > 0.3) & (z < -0.3) & inside] = 3  # the ignore label
     else:
         labels[inner & inside] = 2
         labels[core & inside] = 3
@@ -226,6 +228,25 @@ def _logits(seg: np.ndarray, spec: Spec, rng: np.random.Generator, variant: int)
     return np.stack([5.0 * m - 2.5 for m in members]).astype(np.float32) + 2.0 * noise
 
 
+def _sampled_reference(
+    probabilities: np.ndarray, shapes: np.ndarray, spec: Spec, rng: np.random.Generator, variant: int
+) -> np.ndarray:
+    """Reference labels drawn voxel by voxel from the saved probabilities (so that they are
+    calibrated), with the ignore label where ``shapes`` has it."""
+    uniform = rng.random(probabilities.shape[1:])
+    if spec.regions_class_order is None:
+        reference = (uniform[None] > np.cumsum(probabilities, axis=0)).sum(axis=0).clip(max=2)
+        if variant == 2:
+            reference[reference == 2] = 1  # no tumour in this case
+        reference[shapes == 3] = 3
+        return reference.astype(np.uint8)
+    members = rng.random(probabilities.shape) < probabilities
+    reference = np.zeros(probabilities.shape[1:], np.uint8)
+    for region, label in enumerate(spec.regions_class_order):
+        reference[members[region]] = label
+    return reference
+
+
 @contextlib.contextmanager
 def _nnunet_paths(root: Path):
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -251,8 +272,8 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(CONFIGURATION)
         preprocessor = configuration.preprocessor_class(verbose=False)
-        images, labels, pred = root / "imagesTs", root / "labelsTs", root / "pred"
-        for folder in (images, labels, pred):
+        images, labels, pred, truth = root / "imagesTs", root / "labelsTs", root / "pred", root / "truth"
+        for folder in (images, labels, pred, truth):
             folder.mkdir()
         # What nnUNetPredictor.predict_from_files saves first.
         save_json(dataset_json, str(pred / "dataset.json"), sort_keys=False)
@@ -260,14 +281,14 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
         cases = []
         for i, shape in enumerate(spec.test_shapes):
             case = f"case{i}"
-            image, reference = _volumes(shape, rng, spec, i)
+            image, shapes = _volumes(shape, rng, spec, i)
             write_volume(image, images / f"{case}_0000.nii.gz", spec.test_geometry, spec.writer)
-            write_volume(reference, labels / f"{case}.nii.gz", spec.test_geometry, spec.writer)
+            write_volume(shapes, truth / f"{case}.nii.gz", spec.test_geometry, spec.writer)
             image_files = [str(images / f"{case}_0000.nii.gz")]
-            # The reference seen in the preprocessed space shapes the synthetic logits; the
-            # properties exported are those of the image alone, as at prediction time.
+            # The shapes seen in the preprocessed space make the synthetic logits; the properties
+            # exported are those of the image alone, as at prediction time.
             _, seg, _ = preprocessor.run_case(
-                image_files, str(labels / f"{case}.nii.gz"), plans_manager, configuration, dataset_json
+                image_files, str(truth / f"{case}.nii.gz"), plans_manager, configuration, dataset_json
             )
             _, _, properties = preprocessor.run_case(
                 image_files, None, plans_manager, configuration, dataset_json
@@ -283,6 +304,9 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
                 save_probabilities=True,
                 num_threads_torch=1,
             )
+            with np.load(pred / f"{case}.npz") as saved:
+                reference = _sampled_reference(saved["probabilities"], shapes, spec, rng, i)
+            write_volume(reference, labels / f"{case}.nii.gz", spec.test_geometry, spec.writer)
             cases.append(case)
     torch.set_num_threads(threads)
     return Built(spec, pred, labels, images, dataset_json, plans, tuple(cases))

@@ -453,24 +453,67 @@ def test_channel_count_is_checked_in_memory_too(built):
         nnunet.rankseg_segmentation(probs, folder.dataset_json)
 
 
+# ------------------------------------------------------------------------------- documentation
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "integration-nnunet.md"
+
+
+def _blocks(markdown: str, language: str) -> list[str]:
+    blocks, current, inside = [], [], False
+    for line in markdown.splitlines():
+        if line.strip() == f"```{language}":
+            inside, current = True, []
+        elif line.strip() == "```" and inside:
+            inside = False
+            blocks.append("\n".join(current))
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_the_documented_python_calls_run_on_an_nnunet_folder(built, tmp_path, monkeypatch, capsys):
+    folder = built["labels"]
+    blocks = _blocks(DOCS.read_text(), "python")
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        here = tmp_path / str(i)
+        shutil.copytree(folder.pred_dir, here / "pred")
+        shutil.copytree(folder.labels_dir, here / "labelsTs")
+        monkeypatch.chdir(here)
+        exec(compile(block, str(DOCS), "exec"), {"__name__": "__main__"})
+        written = sorted(p.name for p in (here / "pred_rankseg").iterdir())
+        assert written == sorted([f"{c}.nii.gz" for c in folder.cases] + ["dataset.json", "plans.json"])
+    out = capsys.readouterr().out
+    assert [line.split() for line in out.splitlines()[-len(folder.cases) :]] == [
+        [case, f"pred_rankseg/{case}.nii.gz"] for case in folder.cases
+    ]
+
+
+def test_the_documented_table_is_what_format_table_prints(built):
+    folder = built["labels"]
+    evaluation = nnunet.evaluate_folder(
+        folder.pred_dir, folder.labels_dir, {"metric": "dice"}, solvers=["RMA", "exact"]
+    )
+    assert _blocks(DOCS.read_text(), "text") == [nnunet.format_table(evaluation)]
+
+
 # ------------------------------------------------------------------------------------ packaging
 
 
-def test_without_nnunetv2_the_import_error_names_the_extra():
+def test_rankseg_does_not_import_nnunetv2_and_without_it_the_error_names_the_extra():
     code = (
         "import sys\n"
-        "sys.modules['nnunetv2'] = None\n"
-        "import rankseg, rankseg.integration\n"
+        "import rankseg, rankseg.functional, rankseg.integration\n"
+        "print('nnunetv2' in sys.modules)\n"
+        "sys.modules['nnunetv2'] = None  # as if it were not installed\n"
         "try:\n"
         "    import rankseg.integration.nnunet\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert 'pip install "rankseg[nnunet]"' in out
-
-
-def test_importing_rankseg_does_not_import_nnunetv2():
-    code = "import sys, rankseg, rankseg.functional, rankseg.integration; print('nnunetv2' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    imported, message = out.splitlines()
+    assert imported == "False"
+    assert message.startswith(
+        'rankseg.integration.nnunet needs nnU-Net v2 (the nnunetv2 package): pip install "rankseg[nnunet]"'
+    )
