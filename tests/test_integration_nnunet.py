@@ -446,11 +446,31 @@ def test_bad_rankseg_options_are_refused_before_anything_is_written(
         nnunet.evaluate_folder(built[name].pred_dir, built[name].labels_dir, kwargs)
 
 
-def test_channel_count_is_checked_in_memory_too(built):
+def test_unknown_classes_in_plans_are_named(built, tmp_path):
+    pred = _copy(built["labels"], tmp_path / "pred")
+    plans = json.loads((pred / "plans.json").read_text())
+    (pred / "plans.json").write_text(json.dumps({**plans, "label_manager": "NoSuchManager"}))
+    with pytest.raises(
+        nnunet.NnunetFolderError,
+        match=r"pred/plans\.json: label_manager 'NoSuchManager' is not a class nnU-Net has",
+    ):
+        nnunet.postprocess_folder(pred, tmp_path / "out")
+    (pred / "plans.json").write_text(json.dumps({**plans, "image_reader_writer": "NoSuchIO"}))
+    with pytest.raises(
+        nnunet.NnunetFolderError, match=r"plans\.json: Unable to find reader writer class 'NoSuchIO'"
+    ):
+        nnunet.postprocess_folder(pred, tmp_path / "out")
+    with pytest.raises(ValueError, match="solvers must be a non-empty list"):
+        nnunet.evaluate_folder(built["labels"].pred_dir, built["labels"].labels_dir, solvers="RMA")
+
+
+def test_channel_count_and_dataset_json_are_checked_in_memory_too(built):
     folder = built["regions"]
     probs = _probabilities(folder, "case0")[:2]
     with pytest.raises(ValueError, match=r"have 2 channel\(s\), but dataset.json defines 3 regions"):
         nnunet.rankseg_segmentation(probs, folder.dataset_json)
+    with pytest.raises(ValueError, match=r"dataset_json must be the content of nnU-Net's dataset\.json"):
+        nnunet.rankseg_segmentation(probs, {"file_ending": ".nii.gz"})
 
 
 # ------------------------------------------------------------------------------- documentation

@@ -48,6 +48,15 @@ Example (a minimal folder as nnU-Net writes it; normally ``nnUNetv2_predict`` ma
     >>> written = nnunet.postprocess_folder(pred, root / "rankseg", {"metric": "dice"})
     >>> sorted(p.name for p in (root / "rankseg").iterdir())
     ['case1.nii.gz', 'dataset.json', 'plans.json']
+
+    With reference labels (here: nnU-Net's own segmentation, written by nnU-Net's SimpleITKIO):
+
+    >>> from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    >>> (root / "labels").mkdir()
+    >>> SimpleITKIO().write_seg(probs.argmax(-1), str(root / "labels" / "case1.nii.gz"), geometry)
+    >>> evaluation = nnunet.evaluate_folder(pred, root / "labels", solvers=["RMA", "exact"])
+    >>> evaluation.methods, evaluation.keys, evaluation.dice["nnU-Net"].tolist()
+    (('nnU-Net', 'RMA', 'exact'), (1, 2), [[1.0, 1.0]])
     >>> shutil.rmtree(root)
 """
 
@@ -177,6 +186,11 @@ def _label_manager(plans: Mapping[str, Any], dataset_json: Mapping[str, Any]) ->
     """The label manager nnU-Net itself builds (``PlansManager.get_label_manager``), without its print
     when ``plans.json`` names no class."""
     cls = get_labelmanager_class_from_plans(plans) if "label_manager" in plans else LabelManager
+    if cls is None:
+        raise NnunetFolderError(
+            f"label_manager {plans['label_manager']!r} is not a class nnU-Net has "
+            "(expected a class in nnunetv2.utilities.label_handling such as 'LabelManager')"
+        )
     return cls(label_dict=dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
 
 
@@ -193,6 +207,8 @@ def _check_folder_files(path: Path, dataset_json: dict[str, Any], plans: dict[st
         )
     try:
         _label_manager(plans, dataset_json)
+    except NnunetFolderError as exc:
+        raise NnunetFolderError(f"{path / PLANS_JSON}: {exc}") from None
     except Exception as exc:  # nnU-Net asserts and raises RuntimeError on bad label definitions
         raise NnunetFolderError(
             f"{path / DATASET_JSON}: nnU-Net's LabelManager refuses labels {dataset_json['labels']!r}"
@@ -366,6 +382,11 @@ def rankseg_segmentation(
         >>> bool((argmax_like == np.where(sigmoids[1] > 0.5, 2, np.where(sigmoids[0] > 0.5, 1, 0))).all())
         True
     """
+    if not isinstance(dataset_json, Mapping) or not isinstance(dataset_json.get("labels"), Mapping):
+        raise ValueError(
+            "dataset_json must be the content of nnU-Net's dataset.json, with a 'labels' object such as "
+            f"{{'background': 0, 'liver': 1}}; got {dataset_json!r:.200}"
+        )
     manager = _label_manager(plans or {}, dataset_json)
     options = _checked_options(rankseg_kwargs, manager.has_regions)
     return _segment(probabilities, manager, options)
@@ -374,7 +395,9 @@ def rankseg_segmentation(
 # ------------------------------------------------------------------------------------ case files
 
 
-def _load_case(pred_dir: Path, case: str, plans: Mapping[str, Any], manager: LabelManager):
+def _load_case(
+    pred_dir: Path, case: str, plans: Mapping[str, Any], manager: LabelManager
+) -> tuple[np.ndarray, dict]:
     """``(probabilities, properties)`` of one case, checked; raises :class:`_CaseError`."""
     npz, pkl = pred_dir / f"{case}.npz", pred_dir / f"{case}.pkl"
     if not pkl.is_file():
