@@ -1,11 +1,10 @@
 """``rankseg.integration.sam``: restoration equals the official transformers post-processing.
 
-Tiny SAM, SAM-HQ, SAM2, Sam3Tracker and SAM3 models with random weights (``tests/sam_models.py``)
-give real outputs for batches of two images of different sizes with three prompts each. The
-restored probabilities are compared with the official post-processors called directly (the
-torchvision-only SAM2/SAM3 processors through a stub import confined to ``sam_models``) and with
-an in-test re-statement of the official formula (design note ``hf-postprocess.md`` section 5),
-which also runs where the direct call is unavailable.
+Tiny SAM, SAM-HQ, SAM2, EdgeTAM, Sam3Tracker and SAM3 models with random weights
+(``tests/sam_models.py``) give real outputs for batches of two images of different sizes with three
+prompts each, prepared by the official processors. The restored probabilities are compared with
+the official post-processors called directly (``SamImageProcessor``, and the torchvision-only
+``Sam2ImageProcessor`` and ``Sam3ImageProcessor``).
 
 Tiny SAM logits are about 1e-4, where float32 sigmoid rounds to exactly 0.5 and ``sigmoid(x) > 0.5``
 differs from the official ``x > 0``; those pixels are compared in logit space, and every model
@@ -53,6 +52,12 @@ def sam2_case():
 
 
 @pytest.fixture(scope="module")
+def edgetam_case():
+    pytest.importorskip("timm")  # EdgeTAM's backbone is a timm model
+    return sam_models.build_edgetam()
+
+
+@pytest.fixture(scope="module")
 def sam3_tracker_case():
     return sam_models.build_sam3_tracker()
 
@@ -64,9 +69,7 @@ def sam3_case():
 
 @pytest.fixture(scope="module")
 def sam2_processor():
-    return sam_models.official_processor(
-        "transformers.models.sam2.image_processing_sam2", "Sam2ImageProcessor"
-    )
+    return transformers.Sam2ImageProcessor()
 
 
 @pytest.fixture(params=["sam", "sam_hq"])
@@ -74,7 +77,7 @@ def sam1_case(request):
     return request.getfixturevalue(f"{request.param}_case")
 
 
-@pytest.fixture(params=["sam2", "sam3_tracker"])
+@pytest.fixture(params=["sam2", "edgetam", "sam3_tracker"])
 def sam2_family_case(request):
     return request.getfixturevalue(f"{request.param}_case")
 
@@ -86,59 +89,8 @@ def _with(outputs, **fields):
     return type(outputs)(**{**dict(outputs), **fields})
 
 
-def _require(processor):
-    if processor is None:
-        pytest.skip("the official processor could not be imported even with torchvision stubs")
-    return processor
-
-
 # --------------------------------------------------------------------------------------------------
-# In-test re-statements of the official formulas (design note section 5), written independently
-
-
-def reference_sam1_logits(pred_masks, original, reshaped, pad):
-    """Per prompt: upsample to the pad size, keep the top-left reshaped block, resize to original."""
-    out = []
-    for prompt in pred_masks.float():  # (M, h, w)
-        padded = F.interpolate(prompt[None], size=pad, mode="bilinear", align_corners=False)
-        cropped = padded[:, :, : reshaped[0], : reshaped[1]]
-        out.append(F.interpolate(cropped, size=original, mode="bilinear", align_corners=False)[0])
-    return torch.stack(out)
-
-
-def reference_sam2_logits(pred_masks, original, non_overlap):
-    """Per prompt: resize to the original size; then, optionally, every prompt that is not the
-    pixel's largest logit is clamped to at most -10."""
-    resized = torch.stack(
-        [
-            F.interpolate(p[None], size=original, mode="bilinear", align_corners=False)[0]
-            for p in pred_masks.float()
-        ]
-    )
-    if non_overlap and resized.shape[0] > 1:
-        best = resized.max(dim=0).indices
-        for p in range(resized.shape[0]):
-            loser = best != p
-            resized[p][loser] = torch.minimum(resized[p][loser], torch.tensor(-10.0))
-    return resized
-
-
-def reference_sam3_instances(outputs, threshold, targets):
-    pred_logits, boxes = outputs.pred_logits.float(), outputs.pred_boxes.float()
-    results = []
-    for i in range(pred_logits.shape[0]):
-        scores = torch.sigmoid(pred_logits[i])
-        if outputs.presence_logits is not None:
-            scores = scores * torch.sigmoid(outputs.presence_logits[i].float())
-        keep = scores > threshold
-        image_boxes = boxes[i]
-        probs = torch.sigmoid(outputs.pred_masks[i].float())[keep]
-        if targets is not None:
-            h, w = targets[i]
-            image_boxes = image_boxes * torch.tensor([w, h, w, h], dtype=torch.float32)
-            probs = F.interpolate(probs[None], size=targets[i], mode="bilinear", align_corners=False)[0]
-        results.append({"scores": scores[keep], "boxes": image_boxes[keep], "mask_probs": probs})
-    return results
+# Comparison helper
 
 
 def assert_binarisation_matches(probs, official_masks, official_logits):
@@ -174,9 +126,6 @@ def test_sam1_restoration_equals_official_post_process_masks(sam1_case, scale):
         assert probs[i].shape == (3, 3, h, w) and probs[i].dtype == torch.float32
         torch.testing.assert_close(probs[i], torch.sigmoid(official_logits[i]), rtol=0, atol=0)
         assert_binarisation_matches(probs[i], official[i], official_logits[i])
-        reshaped = tuple(sam1_case.reshaped_input_sizes[i].tolist())
-        reference = reference_sam1_logits(outputs.pred_masks[i], (h, w), reshaped, (128, 128))
-        torch.testing.assert_close(probs[i], torch.sigmoid(reference), rtol=0, atol=1e-6)
     if scale > 1:  # the scaled logits make the masks non-trivial
         assert 0.05 < torch.cat([p.flatten() for p in probs]).gt(0.5).float().mean() < 0.95
 
@@ -217,9 +166,8 @@ def test_sam1_removes_the_padding_before_resizing():
     official = processor.post_process_masks(pred_masks, originals, reshaped)
     official_logits = processor.post_process_masks(pred_masks, originals, reshaped, binarize=False)
     for i in range(2):
+        torch.testing.assert_close(probs[i], torch.sigmoid(official_logits[i]), rtol=0, atol=0)
         assert_binarisation_matches(probs[i], official[i], official_logits[i])
-        reference = reference_sam1_logits(pred_masks[i], originals[i], reshaped[i], (64, 64))
-        torch.testing.assert_close(probs[i], torch.sigmoid(reference), rtol=0, atol=1e-6)
         naive = F.interpolate(pred_masks[i], size=originals[i], mode="bilinear", align_corners=False) > 0
         assert (naive != official[i]).float().mean() > 0.1  # the crop matters
 
@@ -243,23 +191,19 @@ def test_sam1_default_pad_size_is_the_processor_default_1024():
 @pytest.mark.parametrize("non_overlap", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_sam2_family_restoration_equals_official_post_process_masks(sam2_family_case, non_overlap, scale):
-    """Sam2Model (Sam2ImageProcessor) and Sam3TrackerModel (Sam3ImageProcessor)."""
+    """Sam2Model and EdgeTamModel (Sam2ImageProcessor), Sam3TrackerModel (Sam3ImageProcessor)."""
     outputs = _with(sam2_family_case.outputs, pred_masks=sam2_family_case.outputs.pred_masks * scale)
     probs = Sam2(apply_non_overlapping_constraints=non_overlap).restore_mask_probs(
         outputs, original_sizes=sam2_family_case.original_sizes
     )
-    for i, size in enumerate(TARGETS):
-        assert probs[i].shape == (3, 3, *size) and probs[i].dtype == torch.float32
-        reference = reference_sam2_logits(outputs.pred_masks[i], size, non_overlap)
-        torch.testing.assert_close(probs[i], torch.sigmoid(reference), rtol=0, atol=1e-6)
-
-    processor = _require(sam2_family_case.processor)
+    processor = sam2_family_case.processor
     kwargs = dict(apply_non_overlapping_constraints=non_overlap)
     official = processor.post_process_masks(outputs.pred_masks, sam2_family_case.original_sizes, **kwargs)
     official_logits = processor.post_process_masks(
         outputs.pred_masks, sam2_family_case.original_sizes, binarize=False, **kwargs
     )
-    for i in range(2):
+    for i, size in enumerate(TARGETS):
+        assert probs[i].shape == (3, 3, *size) and probs[i].dtype == torch.float32
         torch.testing.assert_close(probs[i], torch.sigmoid(official_logits[i]), rtol=0, atol=0)
         assert_binarisation_matches(probs[i], official[i], official_logits[i])
 
@@ -281,44 +225,24 @@ def test_sam2_non_overlap_step_on_large_logits(sam2_processor):
         above = constrained[i] > torch.sigmoid(torch.tensor(-10.0)) + 1e-7
         assert above.sum(dim=0).max() <= 1
         assert ((plain[i] > 0.5) != (constrained[i] > 0.5)).any()
-        reference = reference_sam2_logits(pred_masks[i], sizes[i], non_overlap=True)
-        torch.testing.assert_close(constrained[i], torch.sigmoid(reference), rtol=0, atol=1e-6)
 
-    processor = _require(sam2_processor)
-    official = processor.post_process_masks(pred_masks, sizes, apply_non_overlapping_constraints=True)
-    official_logits = processor.post_process_masks(
+    official = sam2_processor.post_process_masks(pred_masks, sizes, apply_non_overlapping_constraints=True)
+    official_logits = sam2_processor.post_process_masks(
         pred_masks, sizes, binarize=False, apply_non_overlapping_constraints=True
     )
     for i in range(2):
+        torch.testing.assert_close(constrained[i], torch.sigmoid(official_logits[i]), rtol=0, atol=0)
         assert_binarisation_matches(constrained[i], official[i], official_logits[i])
 
 
-def test_edgetam_outputs_go_through_sam2(sam2_case, sam2_processor):
-    """EdgeTamModel cannot be built here (its backbone needs timm, which needs torchvision), so an
-    object of a class named ``EdgeTamImageSegmentationOutput`` carries a Sam2 output's fields; EdgeTAM
-    uses Sam2Processor, so the official reference is ``Sam2ImageProcessor.post_process_masks``."""
-    edgetam_output = type("EdgeTamImageSegmentationOutput", (), {})
-    outputs = edgetam_output()
-    for name in ("iou_scores", "pred_masks", "object_score_logits"):
-        setattr(outputs, name, getattr(sam2_case.outputs, name))
-    outputs.pred_masks = outputs.pred_masks * 1e4
-
-    probs = Sam2().restore_mask_probs(outputs, TARGETS)
-    for i, size in enumerate(TARGETS):
-        torch.testing.assert_close(
-            probs[i],
-            torch.sigmoid(reference_sam2_logits(outputs.pred_masks[i], size, False)),
-            rtol=0,
-            atol=1e-6,
-        )
+def test_a_real_edgetam_output_goes_through_sam2_only(edgetam_case):
+    """EdgeTamModel's own output class (its real backbone, random weights) is a Sam2 output."""
+    assert type(edgetam_case.outputs).__name__ == "EdgeTamImageSegmentationOutput"
+    assert len(Sam2().postprocess(edgetam_case.outputs, edgetam_case.original_sizes)) == 2
     with pytest.raises(
         ValueError, match=r"Sam1 got EdgeTamImageSegmentationOutput.*use rankseg\.integration\.sam\.Sam2"
     ):
-        Sam1().restore_mask_probs(outputs, TARGETS, TARGETS)
-
-    official_logits = _require(sam2_processor).post_process_masks(outputs.pred_masks, TARGETS, binarize=False)
-    for i in range(2):
-        torch.testing.assert_close(probs[i], torch.sigmoid(official_logits[i]), rtol=0, atol=0)
+        Sam1().restore_mask_probs(edgetam_case.outputs, TARGETS, TARGETS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,64 +261,52 @@ def _mixed_threshold(outputs):
 @pytest.mark.parametrize("targets", [TARGETS, "tensor", None])
 @pytest.mark.parametrize("scale", [1.0, 1e3])
 def test_sam3_instances_equal_official_post_process_instance_segmentation(sam3_case, targets, scale):
+    """Scores and boxes equal the official ones; the official code returns only binary masks, so
+    the mask probabilities are compared with official masks at thresholds spread over their range."""
     outputs = _with(sam3_case.outputs, pred_masks=sam3_case.outputs.pred_masks * scale)
     if isinstance(targets, str):
         targets = sam3_case.original_sizes
     threshold = _mixed_threshold(outputs)
     restored = Sam3(threshold=threshold).restore_instance_mask_probs(outputs, target_sizes=targets)
     as_list = None if targets is None else [tuple(t) for t in torch.as_tensor(targets).tolist()]
-    reference = reference_sam3_instances(outputs, threshold, as_list)
-    for ours, ref in zip(restored, reference, strict=True):
-        assert set(ours) == {"scores", "boxes", "mask_probs"}
-        k = ref["scores"].shape[0]
-        h, w = (32, 32) if targets is None else ref["mask_probs"].shape[-2:]
-        assert ours["mask_probs"].shape == (k, h, w) and ours["boxes"].shape == (k, 4)
-        for key in ours:
-            torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=1e-6)
-
-    processor = _require(sam3_case.processor)
-    official = processor.post_process_instance_segmentation(
-        outputs, threshold=threshold, target_sizes=as_list
-    )
-    for ours, off in zip(restored, official, strict=True):
-        torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
-        torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
-        assert torch.equal((ours["mask_probs"] > 0.5).long(), off["masks"])  # both threshold probabilities
+    all_probs = torch.cat([r["mask_probs"].flatten() for r in restored])
+    levels = [0.5, *all_probs.quantile(torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])).tolist()]
+    for level in levels:
+        official = sam3_case.processor.post_process_instance_segmentation(
+            outputs, threshold=threshold, mask_threshold=level, target_sizes=as_list
+        )
+        for i, (ours, off) in enumerate(zip(restored, official, strict=True)):
+            assert set(ours) == {"scores", "boxes", "mask_probs"}
+            k = off["scores"].shape[0]
+            size = (32, 32) if targets is None else as_list[i]  # model resolution without targets
+            assert ours["mask_probs"].shape == (k, *size) and ours["boxes"].shape == (k, 4)
+            torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
+            torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
+            assert torch.equal((ours["mask_probs"] > level).long(), off["masks"])
 
 
 def test_sam3_scores_without_presence_logits_are_the_query_sigmoid(sam3_case):
     outputs = _with(sam3_case.outputs, presence_logits=None, pred_logits=sam3_case.outputs.pred_logits * 50)
     restored = Sam3(threshold=0.5).restore_instance_mask_probs(outputs, TARGETS)
-    for i, result in enumerate(restored):
-        scores = torch.sigmoid(outputs.pred_logits[i])
-        torch.testing.assert_close(result["scores"], scores[scores > 0.5], rtol=0, atol=0)
+    official = sam3_case.processor.post_process_instance_segmentation(
+        outputs, threshold=0.5, target_sizes=TARGETS
+    )
+    for ours, off in zip(restored, official, strict=True):
+        torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
     assert sum(r["scores"].numel() for r in restored) > 0
-    if sam3_case.processor is not None:
-        official = sam3_case.processor.post_process_instance_segmentation(
-            outputs, threshold=0.5, target_sizes=TARGETS
-        )
-        for ours, off in zip(restored, official, strict=True):
-            torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
-            torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("targets", [TARGETS, None])
 def test_sam3_semantic_equals_official_post_process_semantic_segmentation(sam3_case, targets):
     outputs = _with(sam3_case.outputs, semantic_seg=sam3_case.outputs.semantic_seg * 1e3)
     probs = Sam3().restore_semantic_mask_probs(outputs, target_sizes=targets)
-    for i, p in enumerate(probs):
-        size = (32, 32) if targets is None else targets[i]
-        reference = torch.sigmoid(outputs.semantic_seg[i].float())
-        if targets is not None:  # sigmoid first, then resize in probability space
-            reference = F.interpolate(reference[None], size=size, mode="bilinear", align_corners=False)[0]
-        assert p.shape == (1, *size) and p.dtype == torch.float32
-        torch.testing.assert_close(p, reference, rtol=0, atol=1e-6)
-
-    processor = _require(sam3_case.processor)
-    official = processor.post_process_semantic_segmentation(
+    official = sam3_case.processor.post_process_semantic_segmentation(
         outputs, target_sizes=targets, return_segmentation_scores=True
     )
-    for p, off in zip(probs, official, strict=True):
+    for i, (p, off) in enumerate(zip(probs, official, strict=True)):
+        size = (32, 32) if targets is None else targets[i]
+        assert p.shape == (1, *size) and p.dtype == torch.float32
         torch.testing.assert_close(p, off.segmentation_scores, rtol=0, atol=0)
         assert torch.equal((p[0] > 0.5).long(), off.segmentation)
         assert 0 < off.segmentation.sum() < off.segmentation.numel()
