@@ -465,6 +465,221 @@ def test_restoration_stays_on_the_outputs_device(device):
 
 
 # --------------------------------------------------------------------------------------------------
+# Robustness: empty outputs, non-finite values, float64, sizes, unreadable tensors (issue 9)
+
+
+def test_sam1_zero_masks_per_prompt_give_empty_masks_of_the_image_size(sam_case):
+    outputs = _with(sam_case.outputs, pred_masks=sam_case.outputs.pred_masks[:, :, :0])
+    args = (sam_case.original_sizes, sam_case.reshaped_input_sizes)
+    adapter = Sam1(pad_size=sam_case.processor.pad_size)
+    probs, masks = adapter.restore_mask_probs(outputs, *args), adapter.postprocess(outputs, *args)
+    for p, m, size in zip(probs, masks, TARGETS, strict=True):
+        assert p.shape == (3, 0, *size) and p.dtype == torch.float32
+        assert m.shape == (3, 0, *size) and m.dtype == torch.bool
+    with pytest.raises(RuntimeError):  # the official code cannot resize a map without channels
+        sam_case.processor.post_process_masks(outputs.pred_masks, *args)
+    with pytest.raises(ValueError, match=r"outputs\.pred_masks has no mask per prompt.*multiclass"):
+        Sam1({"output_mode": "multiclass"}, pad_size=128).postprocess(outputs, *args)
+
+
+@pytest.mark.parametrize("non_overlap", [False, True])
+def test_sam2_zero_prompts_give_empty_masks_of_the_image_size(sam2_case, non_overlap):
+    outputs = _with(sam2_case.outputs, pred_masks=sam2_case.outputs.pred_masks[:, :0])
+    adapter = Sam2(apply_non_overlapping_constraints=non_overlap)
+    probs = adapter.restore_mask_probs(outputs, sam2_case.original_sizes)
+    masks = adapter.postprocess(outputs, sam2_case.original_sizes)
+    for p, m, size in zip(probs, masks, TARGETS, strict=True):
+        assert p.shape == (0, 3, *size) and m.shape == (0, 3, *size) and m.dtype == torch.bool
+    if non_overlap:  # the official constraint takes an argmax over no prompt
+        with pytest.raises(IndexError):
+            sam2_case.processor.post_process_masks(
+                outputs.pred_masks, sam2_case.original_sizes, apply_non_overlapping_constraints=True
+            )
+    else:
+        official = sam2_case.processor.post_process_masks(outputs.pred_masks, sam2_case.original_sizes)
+        assert [m.shape for m in masks] == [o.shape for o in official]
+
+
+def test_sam2_zero_masks_per_prompt_give_empty_masks(sam2_case):
+    outputs = _with(sam2_case.outputs, pred_masks=sam2_case.outputs.pred_masks[:, :, :0])
+    masks = Sam2(apply_non_overlapping_constraints=True).postprocess(outputs, sam2_case.original_sizes)
+    assert [tuple(m.shape) for m in masks] == [(3, 0, *size) for size in TARGETS]
+
+
+def test_sam3_an_empty_batch_gives_empty_lists(sam3_case):
+    empty = _with(sam3_case.outputs, **{k: v[:0] for k, v in sam3_case.outputs.items() if torch.is_tensor(v)})
+    official = sam3_case.processor.post_process_instance_segmentation(empty, target_sizes=[])
+    for targets in ([], torch.zeros(0, 2, dtype=torch.long), None):
+        assert Sam3().restore_instance_mask_probs(empty, targets) == official == []
+        assert Sam3().postprocess_instance(empty, targets) == []
+        assert Sam3().postprocess_semantic(empty, targets) == []
+
+
+def test_sam3_nothing_above_the_threshold_gives_masks_of_the_target_size(sam3_case):
+    """The official code leaves the (0, h, w) masks at model resolution in that case; rankseg
+    returns (0, H, W) at the target size, the size every non-empty result has."""
+    official = sam3_case.processor.post_process_instance_segmentation(
+        sam3_case.outputs, threshold=1.0, target_sizes=TARGETS
+    )
+    results = Sam3(threshold=1.0).postprocess_instance(sam3_case.outputs, TARGETS)
+    for ours, off, size in zip(results, official, TARGETS, strict=True):
+        assert off["masks"].shape == (0, 32, 32)
+        assert ours["masks"].shape == (0, *size) and ours["masks"].dtype == torch.bool
+        assert torch.equal(ours["scores"], off["scores"]) and torch.equal(ours["boxes"], off["boxes"])
+
+
+def _adapters_reading(field_name):
+    """Calls of every adapter method that reads ``field_name``, on the case outputs ``o``."""
+    sizes = TARGETS
+    sam1 = [lambda o: Sam1(pad_size=128).postprocess(o, sizes, [(77, 128), (128, 91)])]
+    sam2 = [lambda o: Sam2().restore_mask_probs(o, sizes), lambda o: Sam2().postprocess(o, sizes)]
+    sam3_instances = [
+        lambda o: Sam3(threshold=0.0).restore_instance_mask_probs(o, sizes),
+        lambda o: Sam3(threshold=0.0).postprocess_instance(o, sizes),
+    ]
+    sam3_semantic = [
+        lambda o: Sam3().restore_semantic_mask_probs(o, sizes),
+        lambda o: Sam3().postprocess_semantic(o, sizes),
+    ]
+    return {
+        ("sam", "pred_masks"): sam1,
+        ("sam2", "pred_masks"): sam2,
+        ("sam3", "pred_masks"): sam3_instances,
+        ("sam3", "pred_logits"): sam3_instances,
+        ("sam3", "presence_logits"): sam3_instances,
+        ("sam3", "pred_boxes"): sam3_instances,
+        ("sam3", "semantic_seg"): sam3_semantic,
+    }[field_name]
+
+
+FIELDS_READ = [
+    ("sam", "pred_masks"),
+    ("sam2", "pred_masks"),
+    ("sam3", "pred_masks"),
+    ("sam3", "pred_logits"),
+    ("sam3", "presence_logits"),
+    ("sam3", "pred_boxes"),
+    ("sam3", "semantic_seg"),
+]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("model", "name"), FIELDS_READ)
+def test_non_finite_model_outputs_are_refused_naming_the_field(request, model, name, value):
+    case = request.getfixturevalue(f"{model}_case")
+    field = case.outputs[name].clone(memory_format=torch.contiguous_format)
+    field.view(-1)[0] = value
+    bad = _with(case.outputs, **{name: field})
+    for call in _adapters_reading((model, name)):
+        with pytest.raises(ValueError, match=rf"outputs\.{name} holds 1 NaN or infinite value") as error:
+            call(bad)
+        assert "probs" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+@pytest.mark.parametrize(("model", "name"), FIELDS_READ)
+def test_meta_and_sparse_fields_are_refused_naming_the_field(request, model, name, kind):
+    case = request.getfixturevalue(f"{model}_case")
+    field = case.outputs[name]
+    bad = _with(case.outputs, **{name: field.to("meta") if kind == "meta" else field.to_sparse()})
+    for call in _adapters_reading((model, name)):
+        with pytest.raises(ValueError if kind == "meta" else TypeError, match=rf"outputs\.{name} .*{kind}"):
+            call(bad)
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_meta_and_sparse_sizes_are_refused_naming_the_argument(sam_case, sam2_case, sam3_case, kind):
+    def unreadable(tensor):
+        return tensor.to("meta") if kind == "meta" else tensor.to_sparse()
+
+    error = ValueError if kind == "meta" else TypeError
+    sizes, reshaped = sam_case.original_sizes, sam_case.reshaped_input_sizes
+    with pytest.raises(error, match=rf"original_sizes .*{kind}"):
+        Sam1(pad_size=128).restore_mask_probs(sam_case.outputs, unreadable(sizes), reshaped)
+    with pytest.raises(error, match=rf"reshaped_input_sizes .*{kind}"):
+        Sam1(pad_size=128).postprocess(sam_case.outputs, sizes, unreadable(reshaped))
+    with pytest.raises(error, match=rf"pad_size .*{kind}"):
+        Sam1(pad_size=unreadable(torch.tensor([128, 128]))).postprocess(sam_case.outputs, sizes, reshaped)
+    with pytest.raises(error, match=rf"original_sizes .*{kind}"):
+        Sam2().postprocess(sam2_case.outputs, unreadable(sizes))
+    with pytest.raises(error, match=rf"target_sizes .*{kind}"):
+        Sam3().postprocess_instance(sam3_case.outputs, unreadable(sizes))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "match"),
+    [
+        pytest.param((True, True), "bool", id="bool-pair"),
+        pytest.param(torch.tensor([[True, True]]), "bool", id="bool-tensor"),
+        pytest.param([(2**31, 2**31)], r"2\*\*31 - 1", id="huge"),
+    ],
+)
+def test_sizes_that_are_not_image_sizes_are_refused(sizes, match):
+    prompt = types.SimpleNamespace(pred_masks=torch.zeros(1, 1, 1, 4, 4), iou_scores=torch.zeros(1, 1, 1))
+    sam3 = types.SimpleNamespace(
+        pred_masks=torch.zeros(1, 2, 4, 4),
+        pred_boxes=torch.zeros(1, 2, 4),
+        pred_logits=torch.zeros(1, 2),
+        semantic_seg=torch.zeros(1, 1, 4, 4),
+    )
+    with pytest.raises(ValueError, match=r"original_sizes .*" + match):
+        Sam1(pad_size=8).restore_mask_probs(prompt, sizes, [(8, 8)])
+    with pytest.raises(ValueError, match=r"reshaped_input_sizes .*" + match):
+        Sam1(pad_size=8).restore_mask_probs(prompt, [(8, 8)], sizes)
+    with pytest.raises(ValueError, match=r"original_sizes .*" + match):
+        Sam2().postprocess(prompt, sizes)
+    with pytest.raises(ValueError, match=r"target_sizes .*" + match):
+        Sam3().postprocess_instance(sam3, sizes)
+    with pytest.raises(ValueError, match=r"target_sizes .*" + match):
+        Sam3().postprocess_semantic(sam3, sizes)
+    pad_pair = torch.as_tensor(sizes).reshape(-1)[:2]  # one (height, width) pair
+    with pytest.raises(ValueError, match=r"pad_size .*" + match):
+        Sam1(pad_size=pad_pair).restore_mask_probs(prompt, [(8, 8)], [(8, 8)])
+
+
+def test_float64_prompt_masks_are_restored_in_float64_and_binarise_as_the_official_code(sam_case, sam2_case):
+    """Tiny logits (|x| ~ 1e-4 and below) that float32 sigmoid rounds to exactly 0.5: in float64
+    ``probs > 0.5`` is the official ``logit > 0`` at every pixel."""
+    for case, adapter, args in (
+        (sam_case, Sam1(pad_size=128), (sam_case.original_sizes, sam_case.reshaped_input_sizes)),
+        (sam2_case, Sam2(apply_non_overlapping_constraints=True), (sam2_case.original_sizes,)),
+    ):
+        pred_masks = case.outputs.pred_masks.double() * 1e-4
+        outputs = _with(case.outputs, pred_masks=pred_masks)
+        probs = adapter.restore_mask_probs(outputs, *args)
+        kwargs = {"apply_non_overlapping_constraints": True} if isinstance(adapter, Sam2) else {}
+        official_logits = case.processor.post_process_masks(pred_masks, *args, binarize=False, **kwargs)
+        official = case.processor.post_process_masks(pred_masks, *args, **kwargs)
+        for p, logits, masks in zip(probs, official_logits, official, strict=True):
+            assert p.dtype == logits.dtype == torch.float64
+            torch.testing.assert_close(p, torch.sigmoid(logits), rtol=0, atol=0)
+            assert torch.equal(p > 0.5, masks)
+
+
+def test_float64_sam3_outputs_are_restored_in_float64(sam3_case):
+    outputs = _with(
+        sam3_case.outputs, **{k: v.double() for k, v in sam3_case.outputs.items() if torch.is_tensor(v)}
+    )
+    threshold = _mixed_threshold(outputs)
+    restored = Sam3(threshold=threshold).restore_instance_mask_probs(outputs, TARGETS)
+    official = sam3_case.processor.post_process_instance_segmentation(
+        outputs, threshold=threshold, target_sizes=TARGETS
+    )
+    for ours, off in zip(restored, official, strict=True):
+        assert all(v.dtype == torch.float64 for v in ours.values())
+        torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
+        assert torch.equal((ours["mask_probs"] > 0.5).long(), off["masks"])
+    semantic = Sam3().restore_semantic_mask_probs(outputs, TARGETS)
+    official = sam3_case.processor.post_process_semantic_segmentation(
+        outputs, target_sizes=TARGETS, return_segmentation_scores=True
+    )
+    for p, off in zip(semantic, official, strict=True):
+        assert p.dtype == off.segmentation_scores.dtype == torch.float64
+        torch.testing.assert_close(p, off.segmentation_scores, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
 # Errors: wrong family, semantic outputs, video, malformed arguments
 
 
