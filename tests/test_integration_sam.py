@@ -19,6 +19,8 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
@@ -677,6 +679,110 @@ def test_float64_sam3_outputs_are_restored_in_float64(sam3_case):
     for p, off in zip(semantic, official, strict=True):
         assert p.dtype == off.segmentation_scores.dtype == torch.float64
         torch.testing.assert_close(p, off.segmentation_scores, rtol=0, atol=0)
+
+
+# Generated outputs: empty batches, prompts and masks; saturated logits (probabilities of exactly 0
+# and 1) and exact ties; every dtype. Checked against the official post-processing.
+
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _generated(seed, shape, dtype, scale, ties):
+    """Normal logits times ``scale`` (3000 saturates the sigmoid to exact 0 and 1); with ``ties``
+    rounded to integers, so that many entries are exactly equal (and many are exactly 0)."""
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    return (values.round() if ties else values).to(dtype)
+
+
+def _draw_sizes(data, batch):
+    pair = st.tuples(st.integers(1, 9), st.integers(1, 9))
+    return data.draw(st.lists(pair, min_size=batch, max_size=batch))
+
+
+def _restoration_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    prompts=st.integers(0, 3),
+    masks=st.integers(0, 3),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    non_overlap=st.booleans(),
+    data=st.data(),
+)
+def test_generated_prompt_masks_match_official_post_process_masks(
+    sam2_processor, seed, batch, prompts, masks, dtype, scale, ties, non_overlap, data
+):
+    pred_masks = _generated(seed, (batch, prompts, masks, 4, 5), dtype, scale, ties)
+    outputs = types.SimpleNamespace(pred_masks=pred_masks, object_score_logits=torch.zeros(batch, prompts, 1))
+    sizes = _draw_sizes(data, batch)
+    adapter = Sam2(apply_non_overlapping_constraints=non_overlap)
+    probs = adapter.restore_mask_probs(outputs, sizes)
+    decided = adapter.postprocess(outputs, sizes)
+    assert len(probs) == len(decided) == batch
+    for p, d, size in zip(probs, decided, sizes, strict=True):
+        assert p.shape == d.shape == (prompts, masks, *size) and d.dtype == torch.bool
+        assert p.dtype == _restoration_dtype(dtype)
+        assert bool(torch.isfinite(p).all()) and bool((p >= 0).all()) and bool((p <= 1).all())
+        if masks > 0:
+            assert torch.equal(d, RankSEG(output_mode="multilabel")(p))
+    if prompts > 0 and masks > 0 and dtype in (torch.float32, torch.float64):
+        official_logits = sam2_processor.post_process_masks(
+            pred_masks, sizes, binarize=False, apply_non_overlapping_constraints=non_overlap
+        )
+        for p, logits in zip(probs, official_logits, strict=True):
+            torch.testing.assert_close(p, torch.sigmoid(logits), rtol=0, atol=0)
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    queries=st.integers(0, 4),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    presence=st.booleans(),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0]),
+    resize=st.booleans(),
+    data=st.data(),
+)
+def test_generated_sam3_instances_match_official_post_process_instance_segmentation(
+    sam3_case, seed, batch, queries, dtype, scale, ties, presence, threshold, resize, data
+):
+    outputs = types.SimpleNamespace(
+        pred_masks=_generated(seed, (batch, queries, 4, 5), dtype, scale, ties),
+        pred_boxes=torch.rand(batch, queries, 4, generator=torch.Generator().manual_seed(seed)).to(dtype),
+        pred_logits=_generated(seed + 1, (batch, queries), dtype, scale, ties),
+        presence_logits=_generated(seed + 2, (batch, 1), dtype, scale, ties) if presence else None,
+        semantic_seg=_generated(seed + 3, (batch, 1, 4, 5), dtype, scale, ties),
+    )
+    sizes = _draw_sizes(data, batch) if resize else None
+    adapter = Sam3(threshold=threshold)
+    restored = adapter.restore_instance_mask_probs(outputs, sizes)
+    results = adapter.postprocess_instance(outputs, sizes)
+    semantic = adapter.restore_semantic_mask_probs(outputs, sizes)
+    assert len(restored) == len(results) == len(semantic) == batch
+    for i, (ours, result, p) in enumerate(zip(restored, results, semantic, strict=True)):
+        size = (4, 5) if sizes is None else sizes[i]
+        kept = ours["scores"].shape[0]
+        assert ours["mask_probs"].shape == result["masks"].shape == (kept, *size)
+        assert ours["boxes"].shape == (kept, 4) and p.shape == (1, *size)
+        for value in (*ours.values(), p):
+            assert value.dtype == _restoration_dtype(dtype) and bool(torch.isfinite(value).all())
+        assert bool((ours["mask_probs"] >= 0).all()) and bool((ours["mask_probs"] <= 1).all())
+    if dtype in (torch.float32, torch.float64):
+        official = sam3_case.processor.post_process_instance_segmentation(
+            outputs, threshold=threshold, target_sizes=sizes
+        )
+        for ours, off in zip(restored, official, strict=True):
+            torch.testing.assert_close(ours["scores"], off["scores"], rtol=0, atol=0)
+            torch.testing.assert_close(ours["boxes"], off["boxes"], rtol=0, atol=0)
+            if ours["scores"].numel() > 0:  # the official code keeps empty masks at model resolution
+                assert torch.equal((ours["mask_probs"] > 0.5).long(), off["masks"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
@@ -533,6 +535,113 @@ def test_eomt_patch_offsets_on_the_meta_device_are_refused(cases):
         hf.restore_semantic_probs(
             _replaced(case, patch_offsets=offsets), target_sizes=IMAGE_SIZES, **case.kwargs
         )
+
+
+# Generated outputs: empty batches, classes and queries; saturated scores (probabilities of exactly
+# 0 and 1) and exact ties; every dtype. Checked against the official post-processing.
+
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _generated(
+    seed: int, shape: tuple[int, ...], dtype: torch.dtype, scale: float, ties: bool
+) -> torch.Tensor:
+    """Normal logits times ``scale`` (3000 saturates softmax and sigmoid to exact 0 and 1); with
+    ``ties`` rounded to integers, so that many entries are exactly equal."""
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    return (values.round() if ties else values).to(dtype)
+
+
+def _draw_sizes(data, batch: int) -> list[tuple[int, int]] | None:
+    """``None`` (model resolution) or one drawn (height, width) per image."""
+    pair = st.tuples(st.integers(1, 9), st.integers(1, 9))
+    return data.draw(st.one_of(st.none(), st.lists(pair, min_size=batch, max_size=batch)))
+
+
+def _check_restored(probs, batch, classes, sizes, model_size, dtype, simplex):
+    assert len(probs) == batch
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for i, p in enumerate(probs):
+        size = model_size if sizes is None else sizes[i]
+        assert p.shape == (classes, *size) and p.dtype == expected_dtype
+        assert bool(torch.isfinite(p).all()) and bool((p >= 0).all()) and bool((p <= 1).all())
+        if simplex and classes > 0:
+            total = p.sum(dim=0)
+            assert bool((((total - 1).abs() < 1e-5) | (total == 0)).all())
+
+
+def _official_tolerance(dtype: torch.dtype) -> dict:
+    return {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    classes=st.integers(0, 4),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    metric=st.sampled_from(["dice", "iou"]),
+    data=st.data(),
+)
+def test_generated_plain_logits_match_the_official_scores(
+    cases, seed, batch, classes, height, width, dtype, scale, ties, metric, data
+):
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    outputs = SemanticSegmenterOutput(
+        logits=_generated(seed, (batch, classes, height, width), dtype, scale, ties)
+    )
+    sizes = _draw_sizes(data, batch)
+    probs = hf.restore_semantic_probs(outputs, target_sizes=sizes)
+    _check_restored(probs, batch, classes, sizes, (height, width), dtype, simplex=True)
+    preds = hf.postprocess(outputs, target_sizes=sizes, rankseg_kwargs={"metric": metric})
+    mode = "multiclass" if classes > 1 else "multilabel"
+    for p, pred in zip(probs, preds, strict=True):
+        if classes == 0:
+            assert pred.shape == p.shape and pred.dtype == torch.bool
+        else:
+            assert torch.equal(pred, RankSEG(metric=metric, output_mode=mode)(p[None])[0])
+    if classes > 0 and dtype in (torch.float32, torch.float64):
+        items = cases("segformer").official(outputs, target_sizes=sizes, return_segmentation_scores=True)
+        for p, item in zip(probs, items, strict=True):
+            torch.testing.assert_close(
+                p, item.segmentation_scores.softmax(dim=0), **_official_tolerance(dtype)
+            )
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    queries=st.integers(0, 3),
+    classes=st.integers(1, 3),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    data=st.data(),
+)
+def test_generated_query_outputs_match_the_official_scores(
+    cases, seed, batch, queries, classes, height, width, dtype, scale, ties, data
+):
+    from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
+
+    outputs = MaskFormerForInstanceSegmentationOutput(
+        class_queries_logits=_generated(seed, (batch, queries, classes + 1), dtype, scale, ties),
+        masks_queries_logits=_generated(seed + 1, (batch, queries, height, width), dtype, scale, ties),
+    )
+    sizes = _draw_sizes(data, batch)
+    probs = hf.restore_semantic_probs(outputs, target_sizes=sizes)
+    _check_restored(probs, batch, classes, sizes, (height, width), dtype, simplex=True)
+    if dtype in (torch.float32, torch.float64):
+        items = cases("maskformer").official(outputs, target_sizes=sizes, return_segmentation_scores=True)
+        for p, item in zip(probs, items, strict=True):
+            scores = item.segmentation_scores
+            expected = scores / scores.sum(dim=0, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+            torch.testing.assert_close(p, expected, **_official_tolerance(dtype))
 
 
 # --------------------------------------------------------------------------------------------
