@@ -484,6 +484,15 @@ def test_sam1_zero_masks_per_prompt_give_empty_masks_of_the_image_size(sam_case)
         Sam1({"output_mode": "multiclass"}, pad_size=128).postprocess(outputs, *args)
 
 
+def test_sam1_zero_prompts_give_empty_masks_as_the_official_code(sam_case):
+    outputs = _with(sam_case.outputs, pred_masks=sam_case.outputs.pred_masks[:, :0])
+    args = (sam_case.original_sizes, sam_case.reshaped_input_sizes)
+    masks = Sam1(pad_size=sam_case.processor.pad_size).postprocess(outputs, *args)
+    official = sam_case.processor.post_process_masks(outputs.pred_masks, *args)
+    for m, off, size in zip(masks, official, TARGETS, strict=True):
+        assert m.shape == off.shape == (0, 3, *size) and m.dtype == off.dtype == torch.bool
+
+
 @pytest.mark.parametrize("non_overlap", [False, True])
 def test_sam2_zero_prompts_give_empty_masks_of_the_image_size(sam2_case, non_overlap):
     outputs = _with(sam2_case.outputs, pred_masks=sam2_case.outputs.pred_masks[:, :0])
