@@ -524,6 +524,8 @@ def test_sam3_an_empty_batch_gives_empty_lists(sam3_case):
         assert Sam3().restore_instance_mask_probs(empty, targets) == official == []
         assert Sam3().postprocess_instance(empty, targets) == []
         assert Sam3().postprocess_semantic(empty, targets) == []
+    with pytest.raises(ValueError, match="metric must be one of"):  # nothing to decide, still checked
+        Sam3({"metric": "f1"}).postprocess_instance(empty, [])
 
 
 def test_sam3_nothing_above_the_threshold_gives_masks_of_the_target_size(sam3_case):

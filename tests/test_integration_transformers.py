@@ -417,6 +417,8 @@ def test_an_empty_batch_gives_an_empty_list(cases, name):
     empty = _replaced(case, **{f: case.outputs[f][:0] for f in SCORE_FIELDS[name]})
     assert hf.restore_semantic_probs(empty, target_sizes=[], **case.kwargs) == []
     assert hf.postprocess(empty, target_sizes=torch.zeros(0, 2, dtype=torch.long), **case.kwargs) == []
+    with pytest.raises(ValueError, match="metric must be one of"):  # nothing to decide, still checked
+        hf.postprocess(empty, target_sizes=[], rankseg_kwargs={"metric": "f1"}, **case.kwargs)
 
 
 def test_zero_class_channels_give_empty_multilabel_masks():

@@ -4,6 +4,7 @@ resizing, and RankSEG on restored maps."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -170,7 +171,11 @@ def parse_sizes(sizes: Any, batch: int, name: str) -> list[tuple[int, int]]:
 
 
 def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode: str) -> RankSEG:
-    """A RankSEG from the user's keyword arguments, with ``output_mode`` defaulted when absent."""
+    """A RankSEG from the user's keyword arguments, with ``output_mode`` defaulted when absent.
+
+    The arguments are checked here, so that invalid ones are refused even when there is nothing to
+    decide (an empty batch); warnings (a solver that falls back) are left to the call that decides.
+    """
     if rankseg_kwargs is None:
         rankseg_kwargs = {}
     if not isinstance(rankseg_kwargs, Mapping):
@@ -179,7 +184,23 @@ def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode
         )
     kwargs = dict(rankseg_kwargs)
     kwargs.setdefault("output_mode", default_output_mode)
-    return RankSEG(**kwargs)
+    predictor = RankSEG(**kwargs)
+    _options(predictor)
+    return predictor
+
+
+def _options(predictor: RankSEG) -> Any:
+    """The predictor's checked options (``TypeError`` / ``ValueError`` naming a bad one), quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return resolve_options(
+            predictor.metric,
+            predictor.smooth,
+            predictor.output_mode,
+            predictor.solver,
+            predictor.pruning_prob,
+            **predictor.solver_params,
+        )
 
 
 def predict(predictor: RankSEG, probs: Tensor, channels: str) -> Tensor:
@@ -191,15 +212,7 @@ def predict(predictor: RankSEG, probs: Tensor, channels: str) -> Tensor:
     """
     if probs.shape[1] > 0:
         return predictor(probs)
-    options = resolve_options(
-        predictor.metric,
-        predictor.smooth,
-        predictor.output_mode,
-        predictor.solver,
-        predictor.pruning_prob,
-        **predictor.solver_params,
-    )
-    if options.output_mode == "multiclass":
+    if _options(predictor).output_mode == "multiclass":
         raise ValueError(
             f"{channels}: output_mode='multiclass' labels every pixel with one of them, and there is none. "
             "Use output_mode='multilabel' (an empty mask set)"
