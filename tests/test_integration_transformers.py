@@ -447,6 +447,19 @@ def test_non_finite_model_outputs_are_refused_naming_the_field(case, value):
             hf.postprocess(bad, target_sizes=IMAGE_SIZES, **case.kwargs)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_finite_logits_too_large_to_resize_are_refused(dtype):
+    """Logits at the float limit are finite but their bilinear resize rounds to inf (and softmax
+    to NaN): refused, naming the field, instead of returning NaN probabilities."""
+    largest = torch.finfo(dtype).max
+    logits = torch.full((1, 3, 4, 4), largest, dtype=dtype)
+    logits[0, 1] = -largest
+    with pytest.raises(ValueError, match=r"outputs\.logits holds values up to .* too close to the largest"):
+        hf.restore_semantic_probs({"logits": logits}, target_sizes=[(7, 9)])
+    fine = hf.restore_semantic_probs({"logits": logits / 8}, target_sizes=[(7, 9)])[0]
+    assert bool(torch.isfinite(fine).all())
+
+
 def test_float64_outputs_are_restored_in_the_official_dtype(case):
     """The official code keeps float64 outputs in float64 (EoMT's patch merge excepted: it
     accumulates in torch's default dtype); the restored probabilities have the official dtype and

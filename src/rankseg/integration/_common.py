@@ -3,6 +3,7 @@ resizing, and RankSEG on restored maps."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
@@ -60,9 +61,11 @@ def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool =
     """The floating-point tensor ``outputs.name`` with the named ``dims``, checked before use.
 
     Raises, naming ``outputs.name``: ``ValueError`` when it is missing (and ``required``), on the
-    meta device, of the wrong rank, with an empty ``(height, width)`` or holding NaN/inf (such
-    values give no probabilities); ``TypeError`` when it is not a floating tensor or is sparse.
-    Returns ``None`` for a missing optional field.
+    meta device, of the wrong rank, with an empty ``(height, width)``, holding NaN/inf (such
+    values give no probabilities) or values beyond a quarter of the restoration dtype's largest
+    float (a bilinear resize of such values can round to inf, and softmax then gives NaN);
+    ``TypeError`` when it is not a floating tensor or is sparse. Returns ``None`` for a missing
+    optional field.
     """
     layout = f"({', '.join(dims)})"
     value = field(outputs, name)
@@ -84,15 +87,28 @@ def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool =
             f"outputs.{name} has shape {tuple(value.shape)}: its (height, width) is empty, there is no map "
             "to resize"
         )
-    finite = torch.isfinite(value)
-    if not bool(finite.all()):
-        bad = int(finite.numel() - finite.sum())
+    if value.numel() > 0:
+        _check_magnitude(value, f"outputs.{name}")
+    return value
+
+
+def _check_magnitude(value: Tensor, name: str) -> None:
+    """One reduction: the largest magnitude, NaN if any value is NaN."""
+    peak = float(torch.linalg.vector_norm(value, ord=float("inf")))
+    if not math.isfinite(peak):
+        bad = int(value.numel() - torch.isfinite(value).sum())
         raise ValueError(
-            f"outputs.{name} holds {bad} NaN or infinite value(s) among {value.numel()}; they give no "
+            f"{name} holds {bad} NaN or infinite value(s) among {value.numel()}; they give no "
             "probabilities. Check the model (e.g. float16 overflow) or replace them, e.g. with "
             "torch.nan_to_num"
         )
-    return value
+    dtype = restoration_dtype(value)
+    limit = torch.finfo(dtype).max / 4
+    if peak > limit:
+        raise ValueError(
+            f"{name} holds values up to {peak:.3g}, too close to the largest {dtype} to be resized "
+            f"without overflow (at most {limit:.3g}); such logits are overflow artefacts: check the model"
+        )
 
 
 def restoration_dtype(*tensors: Tensor) -> torch.dtype:
