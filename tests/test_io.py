@@ -2,6 +2,7 @@
 
 import io
 import re
+import sys
 from xml.etree import ElementTree
 
 import numpy as np
@@ -246,8 +247,15 @@ def demo_rows():
     return [
         DemoRow("image 1 of 1", probs, probs.argmax(0), np.where(probs[1] > 0.3, 1, probs.argmax(0)),
                 [("argmax", 0.5), ("RMA", 0.625)]),
-        DemoRow("JMLR example 1", one, one[0] > 0.5, one[0] > 0.25, [("threshold", 0.25), ("RMA", 0.75)]),
+        DemoRow("JMLR example 1", one, one[0] > 0.5, (one[0] > 0.25) & (one[0] < 0.9),
+                [("threshold", 0.25), ("RMA", 0.75)]),
     ]  # fmt: skip
+
+
+def _rgb(labels):
+    from matplotlib.colors import to_rgb
+
+    return np.array([to_rgb(PALETTE[k]) for k in labels.reshape(-1)]).reshape(*labels.shape, 3)
 
 
 def test_demo_figure_has_titled_panels_a_class_legend_a_colour_bar_and_the_dice_bars():
@@ -277,8 +285,18 @@ def test_demo_figure_has_titled_panels_a_class_legend_a_colour_bar_and_the_dice_
     moved = rows[0].baseline != rows[0].rankseg
     assert moved.any() and (~moved).any()
     assert (np.asarray(changed)[~moved] == 0).all() and (np.asarray(changed)[moved].sum(axis=-1) > 0).all()
-    removed = grid[8].get_images()[0].get_array()[rows[1].baseline & ~rows[1].rankseg]
-    assert removed.size == 0 or np.allclose(removed, to_rgb("#8c8c8c"))
+    np.testing.assert_allclose(np.asarray(changed)[moved], _rgb(rows[0].rankseg[moved]))
+    # one class: pixels RankSEG adds in the class colour, pixels it removes grey, the rest black
+    before, after = rows[1].baseline, rows[1].rankseg
+    changed = np.asarray(grid[8].get_images()[0].get_array())
+    assert (after & ~before).any() and (before & ~after).any()
+    np.testing.assert_allclose(
+        changed[after & ~before], np.broadcast_to(to_rgb(PALETTE[0]), (int((after & ~before).sum()), 3))
+    )
+    np.testing.assert_allclose(
+        changed[before & ~after], np.broadcast_to(to_rgb("#8c8c8c"), (int((before & ~after).sum()), 3))
+    )
+    assert (changed[before == after] == 0).all()
 
 
 def test_figures_leave_pyplot_alone(tmp_path):
@@ -287,5 +305,5 @@ def test_figures_leave_pyplot_alone(tmp_path):
     backend = matplotlib.get_backend()
     save_figure(demo_figure(demo_rows(), "RMA", 3, "demo"), tmp_path / "d.svg")
     assert matplotlib.get_backend() == backend
-    pyplot = __import__("sys").modules.get("matplotlib.pyplot")
+    pyplot = sys.modules.get("matplotlib.pyplot")
     assert pyplot is None or pyplot.get_fignums() == []
