@@ -25,7 +25,6 @@ import torch
 from .._predictor import RankSEG
 from ..metrics import SegmentationCounts, score_from_counts, segmentation_counts
 from ._common import (
-    PLOT_HINT,
     Progress,
     Reporter,
     UsageError,
@@ -33,7 +32,7 @@ from ._common import (
     predictor_from_args,
     progress_enabled,
 )
-from .figures import plot_gains, pyplot
+from .figures import plot_gains
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES, InputError, read_array, split_suffix, write_atomic
 
 __all__ = [
@@ -414,17 +413,11 @@ def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
 def run_command(args: argparse.Namespace) -> int:
     report = Reporter("evaluate")
     solvers = _solver_list(args, report)
-    plt = None
     try:
         for path in (args.json, args.csv, args.plot):
             check_output(path, args.force)
-        if args.plot is not None:
-            plt = pyplot()
     except InputError as exc:
         report.error(str(exc))
-        return 1
-    except ImportError:
-        report.error(PLOT_HINT)
         return 1
 
     probs = _files_by_stem(args.probs, ARRAY_SUFFIXES, "probs", report)
@@ -501,14 +494,15 @@ def run_command(args: argparse.Namespace) -> int:
         if args.csv is not None:
             text_csv = summary_csv(summary).encode()
             saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
-        if plt is not None:
-            saved.append(plot_gains(plt, summary, args.plot, args.force))
+        if args.plot is not None:
+            saved.append(plot_gains(summary, args.plot, args.force))
     except InputError as exc:
         report.error(str(exc))
     except OSError as exc:
         report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
-    for path in saved:
-        print(f"saved {path}")
+    if not args.quiet:
+        for path in saved:
+            print(f"saved {path}")
     return 1 if report.failed else 0
 
 

@@ -113,4 +113,5 @@ def _write_prediction(
         write_mask(png, mask, num_classes=classes, force=args.force)
         shown.append(str(png))
     kind = "labels" if mode == "multiclass" else "masks"
-    print(f"{path} -> {', '.join(shown)} ({mode} {kind} {tuple(mask.shape)})", flush=True)
+    if not args.quiet:
+        print(f"{path} -> {', '.join(shown)} ({mode} {kind} {tuple(mask.shape)})", flush=True)
