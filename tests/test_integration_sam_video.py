@@ -606,3 +606,42 @@ def test_the_semantic_helper_names_the_sam_adapter(sam2_video_case, sam3_video_c
         hf.restore_semantic_probs(outputs, target_sizes=[(8, 8)])
     with pytest.raises(ValueError, match=hint):
         hf.postprocess(outputs, target_sizes=[(8, 8)])
+
+
+def test_the_example_runs(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "sam_video.py"
+    monkeypatch.setattr("sys.argv", [str(example)])
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("RankSEG areas") == 2 * 4  # SAM2 via propagate, SAM3: four frames each
+    assert "probabilities (2, 1, 60, 90), areas official" in out
+    assert "(official [" in out and "by prompt {'cat':" in out
+
+
+def test_the_docs_video_examples_run(sam2_video_case, sam3_video_case, capsys):
+    """The Python blocks of the docs' video section run as written, with the tiny models and
+    processors in place of the ``from_pretrained`` lines and a synthetic clip as ``video``."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "integration-sam.md").read_text()
+    section = docs[docs.index("## Video tracking") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    for block, case in zip(blocks, (sam2_video_case, sam3_video_case), strict=True):
+        source = re.sub(r"^model = .*from_pretrained.*$", "model = MODEL", block, flags=re.M)
+        source = re.sub(r"^processor = .*from_pretrained.*$", "processor = PROCESSOR", source, flags=re.M)
+        assert source.count("= MODEL") == 1 and source.count("= PROCESSOR") == 1
+        video = sam_video_models.synthetic_clip(sam_video_models.CLIP_SIZES[0])
+        exec(
+            compile(source, "docs/integration-sam.md", "exec"),
+            {"MODEL": case.model, "PROCESSOR": case.processor, "video": video},
+        )
+    printed = capsys.readouterr().out
+    frames = range(sam_video_models.NUM_FRAMES)
+    assert re.findall(r"^(\d) \[1, 2\] \[\d+, \d+\]$", printed, flags=re.M) == [str(i) for i in frames]
+    assert re.findall(r"^(\d) tensor\(\[", printed, flags=re.M) == [str(i) for i in frames]

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._predictor import RankSEG
 from ._common import as_float32, bilinear, field, parse_sizes
 
 TRACKER_OUTPUTS = (
@@ -235,7 +234,9 @@ def restore_tracker_frame(
     return {"frame_idx": frame_idx, "object_ids": object_ids, "mask_probs": probs}
 
 
-def postprocess_tracker_frame(predictor: RankSEG, frame: Mapping[str, Any]) -> dict[str, Any]:
+def postprocess_tracker_frame(
+    predictor: Callable[[Tensor], Tensor], frame: Mapping[str, Any]
+) -> dict[str, Any]:
     """``{"frame_idx", "object_ids", "masks"}``: RankSEG on ``mask_probs`` read as
     ``(batch=N, classes=M, H, W)``."""
     return {
@@ -393,7 +394,7 @@ def suppress_overlaps_per_prompt(masks: Tensor, tracker_scores: Tensor, prompt_i
 
 
 def postprocess_concept_frame(
-    predictor: RankSEG, inference_session: Any, frame: Mapping[str, Any]
+    predictor: Callable[[Tensor], Tensor], inference_session: Any, frame: Mapping[str, Any]
 ) -> dict[str, Any]:
     """``Sam3VideoProcessor.postprocess_outputs`` after the binarisation, on RankSEG masks.
 

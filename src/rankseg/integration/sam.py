@@ -28,6 +28,13 @@ Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 wi
 * ``Sam3`` semantic: one ``(1, H, W)`` probability map per image; ``postprocess_semantic`` reads it
   as ``(batch=1, classes=1, H, W)`` and gives a bool ``(H, W)`` mask.
 
+Video tracking, one frame at a time (logic in ``_sam_video.py``; ``docs/integration-sam.md``):
+``Sam2.restore_mask_probs`` / ``postprocess`` / ``propagate`` take ``Sam2VideoSegmentationOutput``,
+``Sam3TrackerVideoSegmentationOutput`` and ``EdgeTamVideoSegmentationOutput`` frames
+(``Sam2VideoProcessor.post_process_masks``) and return ``{"frame_idx", "object_ids", ...}`` dicts;
+``Sam3.restore_video_mask_probs`` / ``postprocess_video`` / ``propagate`` take
+``Sam3VideoSegmentationOutput`` frames (``Sam3VideoProcessor.postprocess_outputs``).
+
 This module never imports ``transformers``: it dispatches on the output's field names and on
 ``type(outputs).__name__``, so any object with the right fields (a ``types.SimpleNamespace``, a
 dict) works too.
