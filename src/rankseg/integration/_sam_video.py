@@ -122,8 +122,6 @@ def frame_size(original_sizes: Any, inference_session: Any) -> tuple[int, int]:
     from_session = None if inference_session is None else _session_size(inference_session)
     given = None
     if original_sizes is not None:
-        if isinstance(original_sizes, Tensor):
-            original_sizes = original_sizes.reshape(-1, 2) if original_sizes.numel() == 2 else original_sizes
         given = parse_sizes(original_sizes, 1, "original_sizes")[0]
     if from_session is not None and given is not None and from_session != given:
         raise ValueError(
