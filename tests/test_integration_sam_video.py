@@ -462,6 +462,13 @@ def test_video_restoration_stays_on_the_outputs_device(device):
     assert result["object_ids"].device.type == "cpu"
 
 
+def test_a_tracker_frame_without_objects_gives_empty_masks():
+    frame = types.SimpleNamespace(object_ids=[], frame_idx=3, pred_masks=torch.zeros(0, 1, 8, 8))
+    result = Sam2().postprocess(frame, original_sizes=(20, 30))
+    assert result["object_ids"] == [] and result["frame_idx"] == 3
+    assert result["masks"].shape == (0, 1, 20, 30) and result["masks"].dtype == torch.bool
+
+
 def test_inputs_are_not_modified_and_ids_are_copies(sam2_video_case, sam3_video_case):
     clip = sam2_video_case.clips[0]
     outputs = clip.outputs[0]

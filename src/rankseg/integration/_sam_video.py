@@ -104,9 +104,8 @@ def _session_size(inference_session: Any) -> tuple[int, int] | None:
     height, width = inference_session.video_height, inference_session.video_width
     if height is None or width is None:
         return None
-    return parse_sizes([[_as_int(height), _as_int(width)]], 1, "inference_session.video_height/video_width")[
-        0
-    ]
+    pairs = [[_as_int(height), _as_int(width)]]
+    return parse_sizes(pairs, 1, "inference_session.video_height/video_width")[0]
 
 
 def _as_int(value: Any) -> Any:
