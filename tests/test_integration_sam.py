@@ -839,23 +839,6 @@ def test_semantic_outputs_point_to_the_transformers_adapter(outputs):
             call()
 
 
-def test_video_tracking_is_not_supported():
-    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoSegmentationOutput
-    from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoSegmentationOutput
-
-    cases = [
-        Sam2VideoSegmentationOutput(object_ids=[1], pred_masks=torch.zeros(1, 1, 8, 8), frame_idx=0),
-        Sam3VideoSegmentationOutput(object_ids=[1], obj_id_to_mask={1: torch.zeros(1, 8, 8)}, frame_idx=0),
-        types.SimpleNamespace(inference_session=object(), pred_masks=torch.zeros(1, 1, 1, 8, 8)),
-        type("Sam2VideoInferenceSession", (), {})(),
-    ]
-    for outputs in cases:
-        with pytest.raises(ValueError, match=r"video tracking is not supported.*on each frame"):
-            Sam2().restore_mask_probs(outputs, (8, 8))
-        with pytest.raises(ValueError, match=r"video tracking is not supported.*on each frame"):
-            Sam3().postprocess_instance(outputs)
-
-
 def test_tensors_and_tuples_are_refused_with_a_hint(sam2_case):
     with pytest.raises(
         TypeError, match=r"not a tensor; got a Tensor of shape \(2, 3, 3, 32, 32\).*outputs\.pred_masks"

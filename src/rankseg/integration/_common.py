@@ -20,6 +20,7 @@ from .._predictor import RankSEG
 __all__ = [
     "MAX_PIXELS",
     "bilinear",
+    "check_magnitude",
     "check_pixels",
     "check_readable",
     "field",
@@ -88,11 +89,11 @@ def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool =
             "to resize"
         )
     if value.numel() > 0:
-        _check_magnitude(value, f"outputs.{name}")
+        check_magnitude(value, f"outputs.{name}")
     return value
 
 
-def _check_magnitude(value: Tensor, name: str) -> None:
+def check_magnitude(value: Tensor, name: str) -> None:
     """One reduction: the largest magnitude, NaN if any value is NaN."""
     peak = float(torch.linalg.vector_norm(value, ord=float("inf")))
     if not math.isfinite(peak):

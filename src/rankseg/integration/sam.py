@@ -29,6 +29,13 @@ Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 wi
 * ``Sam3`` semantic: one ``(1, H, W)`` probability map per image; ``postprocess_semantic`` reads it
   as ``(batch=1, classes=1, H, W)`` and gives a bool ``(H, W)`` mask.
 
+Video tracking, one frame at a time (logic in ``_sam_video.py``; ``docs/integration-sam.md``):
+``Sam2.restore_mask_probs`` / ``postprocess`` / ``propagate`` take ``Sam2VideoSegmentationOutput``,
+``Sam3TrackerVideoSegmentationOutput`` and ``EdgeTamVideoSegmentationOutput`` frames
+(``Sam2VideoProcessor.post_process_masks``) and return ``{"frame_idx", "object_ids", ...}`` dicts;
+``Sam3.restore_video_mask_probs`` / ``postprocess_video`` / ``propagate`` take
+``Sam3VideoSegmentationOutput`` frames (``Sam3VideoProcessor.postprocess_outputs``).
+
 This module never imports ``transformers``: it dispatches on the output's field names and on
 ``type(outputs).__name__``, so any object with the right fields (a ``types.SimpleNamespace``, a
 dict) works too.
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +53,7 @@ import torch
 from torch import Tensor
 
 from .._predictor import RankSEG
+from . import _sam_video
 from ._common import (
     bilinear,
     field,
@@ -97,7 +105,6 @@ _EXPECTED = {
 }
 _SEMANTIC_FIELDS = ("class_queries_logits", "masks_queries_logits", "segmentation_logits", "logits")
 _SAM3_FIELDS = ("pred_logits", "presence_logits", "pred_boxes", "semantic_seg")
-_VIDEO_FIELDS = ("inference_session", "obj_id_to_mask", "object_ids", "frame_idx")
 _SAM1_PAD_SIZE = (1024, 1024)  # SamImageProcessor's default pad_size
 _NON_OVERLAP_LOGIT = -10.0  # Sam2ImageProcessor._apply_non_overlapping_constraints: sigmoid(-10) ~ 4.5e-5
 
@@ -128,14 +135,9 @@ def _family(outputs: Any) -> str | None:
             f"outputs must be the model's output object with named fields; got a {name}. "
             "Call the model with return_dict=True (the default)."
         )
-    video_fields = [f for f in _VIDEO_FIELDS if field(outputs, f) is not None]
-    if "Video" in name or "InferenceSession" in name or video_fields:
-        raise ValueError(
-            f"video tracking is not supported: got {name}"
-            + (f" with fields {video_fields}" if video_fields else "")
-            + ". rankseg.integration.sam restores single-image prompt and instance masks; run the image "
-            "model (SamModel, Sam2Model, Sam3TrackerModel, Sam3Model) on each frame instead."
-        )
+    video_hint = _sam_video.video_adapter_hint(outputs)
+    if video_hint is not None:
+        raise ValueError(video_hint)
     if name in _FAMILY_BY_CLASS:
         return _FAMILY_BY_CLASS[name]
     if any(field(outputs, f) is not None for f in _SAM3_FIELDS):
@@ -364,23 +366,45 @@ class Sam2:
         self.rankseg_kwargs = rankseg_kwargs
         self.apply_non_overlapping_constraints = apply_non_overlapping_constraints
 
-    def restore_mask_probs(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+    def restore_mask_probs(
+        self, outputs: Any, original_sizes: Sizes | None = None, *, inference_session: Any = None
+    ) -> list[Tensor] | dict[str, Any]:
         """Mask probabilities in each image's original geometry.
 
         Args:
             outputs: ``Sam2ImageSegmentationOutput`` / ``Sam3TrackerImageSegmentationOutput`` /
                 ``EdgeTamImageSegmentationOutput`` or any object with ``pred_masks`` of shape
-                ``(B, P, M, h, w)`` (logits).
+                ``(B, P, M, h, w)`` (logits). Or one video frame: ``Sam2VideoSegmentationOutput`` /
+                ``Sam3TrackerVideoSegmentationOutput`` / ``EdgeTamVideoSegmentationOutput`` (fields
+                ``pred_masks`` ``(N, M, h, w)``, ``object_ids``, ``frame_idx``).
             original_sizes: one ``(height, width)`` per image: a ``(B, 2)`` tensor, a list of pairs,
-                or one pair when ``B == 1``.
+                or one pair when ``B == 1``. For a video frame: the frame's size, optional when
+                ``inference_session`` knows it.
+            inference_session: video only: the session the frame came from; its ``video_height``
+                and ``video_width`` give the frame size.
 
         Returns:
-            ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``, float64
-            for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0.
+            Images: ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``,
+            float64 for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0. A video
+            frame: ``{"frame_idx": int, "object_ids": list[int], "mask_probs": (N, M, H, W)}``
+            (``Sam2VideoProcessor.post_process_masks`` on ``[pred_masks]`` without ``> 0``).
 
         Raises:
             TypeError, ValueError: as :meth:`Sam1.restore_mask_probs`.
+
+        Example:
+            >>> import types, torch
+            >>> from rankseg.integration.sam import Sam2
+            >>> frame = types.SimpleNamespace(object_ids=[3, 7], frame_idx=0,   # Sam2VideoSegmentationOutput
+            ...                               pred_masks=torch.randn(2, 1, 8, 8) * 5)
+            >>> probs = Sam2().restore_mask_probs(frame, original_sizes=(20, 30))
+            >>> probs["frame_idx"], probs["object_ids"], tuple(probs["mask_probs"].shape)
+            (0, [3, 7], (2, 1, 20, 30))
         """
+        if inference_session is not None or _sam_video.video_kind(outputs) is not None:
+            return _sam_video.restore_tracker_frame(
+                self.restore_mask_probs, outputs, original_sizes, inference_session
+            )
         non_overlap = _check_flag(self.apply_non_overlapping_constraints, "apply_non_overlapping_constraints")
         logits = _prompt_mask_logits(outputs, "Sam2")
         originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
@@ -392,17 +416,38 @@ class Sam2:
             probs.append(torch.sigmoid(resized))
         return probs
 
-    def postprocess(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+    def postprocess(
+        self, outputs: Any, original_sizes: Sizes | None = None, *, inference_session: Any = None
+    ) -> list[Tensor] | dict[str, Any]:
         """RankSEG masks: ``RankSEG(**rankseg_kwargs)(probs)`` for each restored ``(P, M, H, W)``
-        tensor read as ``(batch=P, classes=M, H, W)``.
+        tensor read as ``(batch=P, classes=M, H, W)``; arguments as :meth:`restore_mask_probs`.
 
         Returns:
             Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
             (multiclass, which needs ``M >= 2``). With ``M == 0`` the multilabel result is empty
-            and multiclass is refused.
+            and multiclass is refused. A video frame: ``{"frame_idx", "object_ids", "masks"}`` with
+            ``masks`` bool ``(N, M, H, W)``, RankSEG on the ``(N, M, H, W)`` probabilities read as
+            ``(batch=N, classes=M, H, W)``.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        if inference_session is not None or _sam_video.video_kind(outputs) is not None:
+            frame = self.restore_mask_probs(outputs, original_sizes, inference_session=inference_session)
+            return _sam_video.postprocess_tracker_frame(predictor, frame)
         return _masks_per_image(predictor, self.restore_mask_probs(outputs, original_sizes))
+
+    def propagate(self, model: Any, inference_session: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """RankSEG masks of every frame ``model.propagate_in_video_iterator(inference_session,
+        **kwargs)`` yields (``Sam2VideoModel``, ``Sam3TrackerVideoModel``, ``EdgeTamVideoModel``):
+        one :meth:`postprocess` dict ``{"frame_idx", "object_ids", "masks"}`` per frame, the size
+        read from ``inference_session``. ``kwargs`` (``start_frame_idx``, ``max_frame_num_to_track``,
+        ``reverse``) go to the iterator unchanged.
+        """
+        return _sam_video.propagate(
+            model,
+            inference_session,
+            lambda outputs: self.postprocess(outputs, inference_session=inference_session),
+            kwargs,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -557,6 +602,67 @@ class Sam3:
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         return [predictor(p[None])[0, 0] for p in self.restore_semantic_mask_probs(outputs, target_sizes)]
+
+    def restore_video_mask_probs(
+        self, inference_session: Any, outputs: Any, original_sizes: Sizes | None = None
+    ) -> dict[str, Any]:
+        """Mask probabilities of one ``Sam3VideoModel`` frame, the objects
+        ``Sam3VideoProcessor.postprocess_outputs`` may show (suppressed and hot-start-removed ids
+        hidden), in ascending id order: ``sigmoid(bilinear(obj_id_to_mask[id], (H, W)))``.
+
+        Args:
+            inference_session: the ``Sam3VideoInferenceSession`` the frame came from.
+            outputs: its ``Sam3VideoSegmentationOutput`` for one frame.
+            original_sizes: the frame's ``(height, width)``, needed only when the session has none
+                (streaming), as in the official code.
+
+        Returns:
+            ``{"frame_idx": int, "object_ids": int64 (N,), "scores": (N,), "tracker_scores": (N,),
+            "mask_probs": (N, H, W)}``, float32; ``threshold`` does not apply to video.
+        """
+        return _sam_video.restore_concept_frame(inference_session, outputs, original_sizes)
+
+    def postprocess_video(
+        self, inference_session: Any, outputs: Any, original_sizes: Sizes | None = None
+    ) -> dict[str, Any]:
+        """``Sam3VideoProcessor.postprocess_outputs`` with RankSEG in place of ``> 0``.
+
+        ``masks = RankSEG(**rankseg_kwargs)(mask_probs[:, None])[:, 0]`` on
+        :meth:`restore_video_mask_probs`; objects with an empty mask are dropped, ``boxes`` are
+        those of the RankSEG masks (xyxy pixels, inclusive), then, with more than one object, the
+        official per-prompt non-overlap step by tracker score.
+
+        Returns:
+            ``{"frame_idx": int, "object_ids": int64 (K,), "scores": (K,), "boxes": (K, 4),
+            "masks": bool (K, H, W), "prompt_to_obj_ids": dict[str, list[int]]}``.
+
+        Example:
+            >>> import types, torch
+            >>> from rankseg.integration.sam import Sam3
+            >>> session = types.SimpleNamespace(   # a Sam3VideoInferenceSession
+            ...     video_height=20, video_width=30, prompts={0: "cat"},
+            ...     obj_id_to_prompt_id={4: 0, 9: 0}, hotstart_removed_obj_ids=set())
+            >>> outputs = types.SimpleNamespace(   # a Sam3VideoSegmentationOutput
+            ...     frame_idx=2, obj_id_to_mask={4: torch.randn(1, 8, 8) * 5, 9: torch.randn(1, 8, 8) * 5},
+            ...     obj_id_to_score={4: 0.9, 9: 0.8}, obj_id_to_tracker_score={4: 0.9, 9: 0.7},
+            ...     suppressed_obj_ids={9})
+            >>> frame = Sam3().postprocess_video(session, outputs)
+            >>> frame["object_ids"].tolist(), tuple(frame["masks"].shape), frame["prompt_to_obj_ids"]
+            ([4], (1, 20, 30), {'cat': [4]})
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        frame = self.restore_video_mask_probs(inference_session, outputs, original_sizes)
+        return _sam_video.postprocess_concept_frame(predictor, inference_session, frame)
+
+    def propagate(self, model: Any, inference_session: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`postprocess_video` of every frame ``Sam3VideoModel.propagate_in_video_iterator(
+        inference_session, **kwargs)`` yields (after its hot-start delay), one dict per frame."""
+        return _sam_video.propagate(
+            model,
+            inference_session,
+            lambda outputs: self.postprocess_video(inference_session, outputs),
+            kwargs,
+        )
 
     def __repr__(self) -> str:
         return f"Sam3(rankseg_kwargs={self.rankseg_kwargs!r}, threshold={self.threshold!r})"

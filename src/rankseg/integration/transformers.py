@@ -38,6 +38,7 @@ from ._common import (
     predict,
     restoration_dtype,
 )
+from ._sam_video import video_adapter_hint
 
 __all__ = ["postprocess", "restore_semantic_probs"]
 
@@ -240,6 +241,9 @@ def _identify(outputs: Any, model: Any) -> str:
         )
     if outputs is None or isinstance(outputs, (str, bytes, int, float)):
         raise TypeError(f"outputs must be a model output object or a dict of its fields; got {outputs!r}")
+    video_hint = video_adapter_hint(outputs)
+    if video_hint is not None:
+        raise ValueError(video_hint)
     model_type = _model_type(model)
     class_names = [cls.__name__ for cls in type(outputs).__mro__]
 
