@@ -96,7 +96,12 @@ def test_no_output_is_an_input_file_or_inside_an_input_folder(tmp_path, capsys):
     assert (labels / "a.npy").read_bytes() == before and result.stdout == ""
 
     (tmp_path / "link.json").symlink_to(probs / "new.json")  # a link into an input folder
+    (labels / "out.json").symlink_to(tmp_path / "elsewhere.json")  # a rename would replace it there
     cases = [
+        (
+            ["--json", labels / "out.json"],
+            f"--json {labels / 'out.json'} is inside the input folder --labels",
+        ),
         (
             ["--csv", probs / "sub" / "r.csv"],
             f"--csv {probs / 'sub' / 'r.csv'} is inside the input folder --probs",
@@ -115,6 +120,7 @@ def test_no_output_is_an_input_file_or_inside_an_input_folder(tmp_path, capsys):
     assert f"--out {probs / 'masks'} is inside the input folder {probs}" in err
     assert sorted(p.name for p in probs.iterdir()) == ["a.npy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "link.json", "probs"]
+    assert os.path.islink(labels / "out.json")
 
 
 # ----------------------------------------------- 12, 19: only regular files, every skip explained

@@ -187,39 +187,38 @@ def _real(path: Path) -> str:
     return os.path.realpath(path)  # never raises: a symbolic link loop is left as it is
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    inner, outer = _real(path), _real(folder)
-    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+def _places(path: Path) -> set[str]:
+    """Where writing ``path`` lands: the name in its real folder (a rename replaces a link there)
+    and, when it is a link, the file it points to."""
+    return {os.path.join(_real(path.parent), path.name), _real(path)}
 
 
-def check_outputs(
-    outputs: dict[str, Path | None],
-    input_folders: dict[str, Path],
-    force: bool,
-    input_files: Iterable[Path] = (),
-) -> None:
+def _inside(place: str, folder: Path) -> bool:
+    outer = _real(folder)
+    return place == outer or place.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def check_outputs(outputs: dict[str, Path | None], input_folders: dict[str, Path], force: bool) -> None:
     """Check output paths (``{"--json": path}``) before any work.
 
-    UsageError: an output is an input file or lies inside an input folder (``{"--labels": path}``),
-    with or without ``force``, or two options name one file. InputError: the output exists
-    (without ``force``), is a folder, or its folder does not exist.
+    UsageError: an output lies inside an input folder (``{"--labels": path}``), itself or through a
+    symbolic link, with or without ``force``, or two options name one file. InputError: the output
+    exists (without ``force``), is a folder, or its folder does not exist.
     """
     given = {flag: path for flag, path in outputs.items() if path is not None}
-    inputs = {_real(p): p for p in input_files}
     seen: dict[str, str] = {}
     for flag, path in given.items():
-        real = _real(path)
-        if real in inputs:
-            raise UsageError(f"{flag} {path} is the input file {inputs[real]}; inputs are never overwritten")
-        for option, folder in input_folders.items():
-            if _inside(path, folder):
-                raise UsageError(
-                    f"{flag} {path} is inside the input folder {option} {folder}; "
-                    "write outputs outside the input folders"
-                )
-        if real in seen:
-            raise UsageError(f"{seen[real]} and {flag} name the same file {path}")
-        seen[real] = flag
+        places = sorted(_places(path))
+        for place in places:
+            for option, folder in input_folders.items():
+                if _inside(place, folder):
+                    raise UsageError(
+                        f"{flag} {path} is inside the input folder {option} {folder}; "
+                        "write outputs outside the input folders"
+                    )
+            if place in seen:
+                raise UsageError(f"{seen[place]} and {flag} name the same file {path}")
+        seen.update(dict.fromkeys(places, flag))
     for flag, path in given.items():
         info, reason = stat_or_reason(path)
         if info is not None and stat.S_ISDIR(info.st_mode):
@@ -235,7 +234,7 @@ def check_outputs(
 def prepare_out_folder(out: Path, input_folders: Iterable[Path]) -> None:
     """Create ``--out`` (with its parents); UsageError when it cannot be, or lies among the inputs."""
     for folder in input_folders:
-        if _inside(out, folder):
+        if _inside(_real(out), folder):
             raise UsageError(
                 f"--out {out} is inside the input folder {folder}; write the masks outside the input folders"
             )

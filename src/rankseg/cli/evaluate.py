@@ -524,12 +524,6 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
 
     summary = summarise(good, args.smooth)
-    print(
-        f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
-        f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
-    )
-    print()
-    print(format_table(summary), flush=True)
     extra = {
         "probs": str(args.probs),
         "labels": str(args.labels),
@@ -538,7 +532,7 @@ def run_command(args: argparse.Namespace) -> int:
         "ignore_index": args.ignore_index,
     }
     saved = []
-    try:
+    try:  # written before the table is printed: a closed stdout ('| head') does not lose them
         with atomic_group():  # the results files all appear, or none
             if args.json is not None:
                 text = summary_json(summary, failed, extra).encode()
@@ -551,6 +545,12 @@ def run_command(args: argparse.Namespace) -> int:
     except InputError as exc:
         report.error(str(exc))
         saved = []
+    print(
+        f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
+        f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
+    )
+    print()
+    print(format_table(summary), flush=True)
     for path in saved:
         print(f"saved {path}", flush=True)
     return 1 if report.failed else 0
