@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # stdout (or stderr) was closed by its reader, e.g. '| head -1': stop quietly, as Unix
             # tools stopped by SIGPIPE do, with the status a shell shows for them
             _silence_stdout()
-            return 128 + signal.SIGPIPE
+            return 128 + getattr(signal, "SIGPIPE", 13)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (runner.Terminated)
             signum = getattr(exc, "signum", signal.SIGINT)
             _say(f"{prog}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}")

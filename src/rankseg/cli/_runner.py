@@ -17,14 +17,17 @@ Contract
   ``progress.step(name)`` advances as each task finishes, in whatever order.
 - A task whose worker process dies (killed, out of memory, crashed) comes back as a
   :class:`TaskFailed` that says so; tasks that had not started on it are run by a replacement
-  worker, so no other task fails with it.
+  worker, so no other task fails with it. When no worker can be started at all, the remaining
+  tasks run in this process, with a warning.
 - Interrupts: :func:`signals_handled` makes SIGTERM behave like SIGINT in the main process
   (:class:`Terminated`, a ``KeyboardInterrupt``), once: later signals are ignored while it is
   handled. The exception closes the executor (pending tasks are dropped, busy workers get SIGTERM,
   which runs their ``finally`` blocks so that no temporary file is left, and are killed if they
   have not stopped within :data:`STOP_SECONDS`) and then propagates to the command. An exception of
   ``handle`` (a closed stdout) closes the executor the same way. Workers ignore SIGINT: a Ctrl-C
-  at the terminal reaches the whole process group, and is handled in the main process only.
+  at the terminal reaches the whole process group, and is handled in the main process only. A
+  worker that exits on SIGTERM the main process did not send (SIGTERM to the process group) ends
+  the run as if the main process had received it.
 
 Executors
 ---------
@@ -172,9 +175,10 @@ class ProcessPool:
     """Run the tasks in ``workers`` processes, one task per process at a time.
 
     Workers are forked from a ``forkserver`` that has imported ``work``'s module once, so they start
-    fast and share no threads with this process; ``initializer(*initargs)`` runs in each (the CLI
-    sets torch's thread count). The pool knows which task each worker holds, so a worker that dies
-    costs that one task (a :class:`TaskFailed`), and a replacement takes the rest.
+    fast and share no threads with this process (``spawn`` where there is no fork server);
+    ``initializer(*initargs)`` runs in each (the CLI sets torch's thread count). The pool knows which
+    task each worker holds, so a worker that dies costs that one task (a :class:`TaskFailed`), and
+    a replacement takes the rest.
     """
 
     def __init__(
@@ -203,10 +207,13 @@ class ProcessPool:
         return _Worker(process, parent), ""
 
     def map_unordered(self, work: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        context = multiprocessing.get_context("forkserver")
-        # what every worker needs, imported once by the fork server (workers then start in ~0.1 s)
-        needed = [__name__, work.__module__, getattr(self.initializer, "__module__", None)]
-        context.set_forkserver_preload([name for name in dict.fromkeys(needed) if name])
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            # what every worker needs, imported once by the fork server (workers then start in ~0.1 s)
+            needed = [__name__, work.__module__, getattr(self.initializer, "__module__", None)]
+            context.set_forkserver_preload([name for name in dict.fromkeys(needed) if name])
+        else:  # Windows: each worker imports what it needs
+            context = multiprocessing.get_context("spawn")
         pending = deque(range(len(tasks)))
         workers: list[_Worker] = []
         trouble = ""  # why workers could not be started or kept
