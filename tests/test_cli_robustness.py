@@ -14,12 +14,15 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rankseg import RankSEG
 from rankseg.data import sample_labels, synthetic_probs
@@ -593,3 +596,66 @@ def test_torch_files_with_other_dtypes_are_refused_by_name(tmp_path):
     torch.save(torch.zeros(2, 3, dtype=torch.complex64), tmp_path / "c.pt")
     with pytest.raises(InputError, match=r"c\.pt: holds torch\.complex64 values; expected bool, int8"):
         read_array(tmp_path / "c.pt", "probs")
+
+
+# ---------------------------------------------------- the reader, generated: 12, 14, 18 as properties
+
+READABLE = [
+    "<f2",
+    ">f2",
+    "<f4",
+    ">f4",
+    "<f8",
+    ">f8",
+    "|b1",
+    "|i1",
+    "|u1",
+    "<i2",
+    ">u2",
+    "<i4",
+    ">i4",
+    "<u8",
+    ">i8",
+]
+REFUSED = {
+    "complex64": "<c8",
+    "complex128": ">c16",
+    "Python objects": "|O",
+    f"{np.dtype(np.longdouble).name}": "g",
+}
+if np.dtype(np.longdouble).itemsize <= 8:  # long double is float64 here: read like it
+    READABLE.append(REFUSED.pop(np.dtype(np.longdouble).name))
+
+
+@given(
+    dtype=st.sampled_from(READABLE + list(REFUSED.values())),
+    shape=st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple),
+    fortran=st.booleans(),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+    seed=st.integers(0, 2**16),
+)
+def test_the_reader_returns_the_stored_array_or_names_the_problem(dtype, shape, fortran, cut, seed):
+    """Every .npy file: the array exactly (native byte order), or an InputError naming the file:
+    never a wrong array, another exception, or a read past what the header declares."""
+    from rankseg.cli.io import InputError, read_array
+
+    values = np.random.default_rng(seed).integers(-3, 4, shape)
+    array = np.asfortranarray(values.astype(dtype)) if fortran else values.astype(dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npy"
+        np.save(path, array, allow_pickle=True)
+        data = path.read_bytes()
+        if cut is not None:
+            path.write_bytes(data[: min(cut, len(data))])
+        try:
+            got, _ = read_array(path, "labels")
+        except InputError as exc:
+            assert str(exc).startswith(f"{path}: ")
+            if cut is None or cut >= len(data):  # a whole file is refused only for its dtype
+                assert np.dtype(dtype) in [np.dtype(d) for d in REFUSED.values()], str(exc)
+                name = next(n for n, d in REFUSED.items() if np.dtype(d) == np.dtype(dtype))
+                assert f"holds {name}" in str(exc)
+            return
+    assert np.dtype(dtype) not in [np.dtype(d) for d in REFUSED.values()]
+    assert got.dtype.isnative and got.dtype == np.dtype(dtype).newbyteorder("=")
+    assert got.shape == array.shape and np.array_equal(got, array)

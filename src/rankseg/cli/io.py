@@ -292,7 +292,8 @@ def _check_dtype(path: Path, dtype: np.dtype) -> None:
             f"save the array as float64 (expected {ACCEPTED_DTYPES})",
         )
     if dtype.kind not in "biuf" or dtype.itemsize > 8 or dtype.fields is not None:
-        name = "Python objects" if dtype.kind == "O" else f"{dtype} values"
+        what = dtype.name if dtype.fields is None else str(dtype)  # complex128, not >c16
+        name = "Python objects" if dtype.kind == "O" else f"{what} values"
         raise InputError(path, f"holds {name}; expected {ACCEPTED_DTYPES}")
 
 
