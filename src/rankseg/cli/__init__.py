@@ -73,6 +73,17 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
     )
 
 
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """Where the per-file work runs (read by ``_runner.executor_from_args``)."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="work on N files at a time, in N processes (default: 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankseg`` argument parser with its three subcommands."""
     parser = argparse.ArgumentParser(
@@ -99,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, metavar="DIR", help="folder for the masks (created)"
     )
     predict.add_argument("--force", action="store_true", help="overwrite existing output files")
-    predict.add_argument(
-        "--workers", type=positive_int, default=1, metavar="N", help="predict in N processes (default: 1)"
-    )
+    _add_runner_options(predict)
     predict.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
     )
@@ -148,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="save a plot of per-image Dice gains (needs the 'plot' extra)",
     )
-    evaluate.add_argument(
-        "--workers", type=positive_int, default=1, metavar="N", help="evaluate in N processes (default: 1)"
-    )
+    _add_runner_options(evaluate)
     evaluate.add_argument(
         "--force", action="store_true", help="overwrite existing --json / --csv / --plot files"
     )

@@ -51,11 +51,13 @@ in worker processes (``--workers N``). A Dask backend is the same shape, e.g.::
             finally:
                 self.client.cancel(list(futures))
 
-and is chosen in :func:`make_executor` without touching the subcommands.
+and is chosen in :func:`executor_from_args` (from a ``--dask`` option added beside ``--workers``
+in ``cli/__init__.py``) without touching the subcommands.
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import pickle
@@ -77,6 +79,7 @@ __all__ = [
     "ProcessPool",
     "TaskFailed",
     "Terminated",
+    "executor_from_args",
     "make_executor",
     "run_tasks",
     "signals_handled",
@@ -324,6 +327,12 @@ def make_executor(workers: int, tasks: int, warn: Callable[[str], None]) -> Exec
     if workers <= 1:
         return InProcess()
     return ProcessPool(workers, _set_torch_threads, (max(1, cpus // workers),), warn)
+
+
+def executor_from_args(args: argparse.Namespace, tasks: int, warn: Callable[[str], None]) -> Executor:
+    """The executor the command line's runner options ask for (``--workers``); the one place a
+    new backend option (``--dask ADDRESS``) is read, so that the subcommands need no change."""
+    return make_executor(args.workers, tasks, warn)
 
 
 class _Progress(Protocol):

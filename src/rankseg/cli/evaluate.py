@@ -35,7 +35,7 @@ from ._common import (
     progress_enabled,
     stat_or_reason,
 )
-from ._runner import TaskFailed, make_executor, run_tasks
+from ._runner import TaskFailed, executor_from_args, run_tasks
 from .figures import plot_gains, pyplot
 from .io import (
     ARRAY_SUFFIXES,
@@ -498,7 +498,7 @@ def run_command(args: argparse.Namespace) -> int:
     run_tasks(
         evaluate_pair,
         tasks,
-        make_executor(args.workers, len(tasks), report.warn),
+        executor_from_args(args, len(tasks), report.warn),
         names=[task.name for task in tasks],
         progress=Progress(len(tasks), "rankseg evaluate", progress_enabled(args)),
         handle=collect,

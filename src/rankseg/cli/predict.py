@@ -26,7 +26,7 @@ from ._common import (
     prepare_out_folder,
     progress_enabled,
 )
-from ._runner import TaskFailed, make_executor, run_tasks
+from ._runner import TaskFailed, executor_from_args, run_tasks
 from .evaluate import load_probs
 from .io import (
     ARRAY_SUFFIXES,
@@ -195,7 +195,7 @@ def run_command(args: argparse.Namespace) -> int:
     run_tasks(
         predict_file,
         tasks,
-        make_executor(args.workers, len(tasks), report.warn),
+        executor_from_args(args, len(tasks), report.warn),
         names=[task.path.name for task in tasks],
         progress=Progress(len(tasks), "rankseg predict", progress_enabled(args)),
         handle=handle,
