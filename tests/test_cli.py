@@ -48,7 +48,7 @@ def blocked(tmp_path, module):
     folder = tmp_path / f"block-{module}"
     (folder / module).mkdir(parents=True)
     (folder / module / "__init__.py").write_text(f"raise ImportError('no module named {module}')\n")
-    return {**ENV, "PYTHONPATH": str(folder)}
+    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
 def errors(stderr):
