@@ -8,11 +8,16 @@ Every error names the file and the reason; a file that fails does not stop the o
 exit status is 1 when any file failed, 2 for a usage error, 130 / 143 when stopped by SIGINT /
 SIGTERM and 141 when stdout was closed (``| head``). Outputs are written atomically and an
 existing file is only replaced with ``--force``; an input is never an output.
+
+The command needs the ``cli`` extra (Pillow, matplotlib, tqdm: ``pip install "rankseg[cli]"``);
+without it every subcommand stops before any work with one error naming the extra and exit status
+1 (2 stays reserved for mistakes in the command line). ``--help`` and ``--version`` work without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -25,10 +30,47 @@ from ._runner import signals_handled
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
+from .figures import FIGURE_FORMATS, figure_format
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES
 from .predict import run_command as _predict
 
 __all__ = ["main"]
+
+#: What the command line needs beyond the library (the ``cli`` extra): import name -> package name.
+CLI_EXTRA = {"PIL.Image": "pillow", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+CLI_EXTRA_HINT = 'pip install "rankseg[cli]"'
+
+
+def missing_cli_extra() -> list[str]:
+    """The packages of the ``cli`` extra that cannot be imported here (an empty list when all can)."""
+    missing = []
+    for module, package in CLI_EXTRA.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+def _figure_path(text: str) -> Path:
+    try:
+        figure_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    quiet = parser.add_mutually_exclusive_group()
+    quiet.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+    quiet.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no line per file written; errors and warnings still go to stderr",
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
@@ -111,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--force", action="store_true", help="overwrite existing output files")
     _add_runner_options(predict)
-    predict.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_output_options(predict)
     _add_model_options(predict, evaluate=False)
     predict.set_defaults(run=_predict, parser=predict)
 
@@ -153,17 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, metavar="PATH", help="also save the table as CSV")
     evaluate.add_argument(
         "--plot",
-        type=Path,
-        metavar="PNG",
-        help="save a plot of per-image Dice gains (needs the 'plot' extra)",
+        type=_figure_path,
+        metavar="FIGURE",
+        help=f"save a plot of per-image Dice gains ({', '.join(FIGURE_FORMATS)}: the format by the suffix)",
     )
     _add_runner_options(evaluate)
     evaluate.add_argument(
         "--force", action="store_true", help="overwrite existing --json / --csv / --plot files"
     )
-    evaluate.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_output_options(evaluate)
     _add_model_options(evaluate, evaluate=True)
     evaluate.set_defaults(run=_evaluate, parser=evaluate)
 
@@ -174,16 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Generate calibrated example probability maps (several classes: a few 2-D images and a 3-D "
             "volume, plus the one-class map of example 1 of Dai & Li, JMLR 2023), draw labels from them, "
             "print argmax against RankSEG's solvers (expected and realised Dice / IoU, time), and write a "
-            "PNG figure of the masks."
+            "figure of the masks (PNG, PDF or SVG by the suffix of --out)."
         ),
     )
     demo.add_argument(
         "--out",
-        type=Path,
+        type=_figure_path,
         default=None,
-        metavar="PNG",
-        help="where to write the figure (default: rankseg-demo.png in the current folder, "
-        "or rankseg-demo-N.png when that exists)",
+        metavar="FIGURE",
+        help=f"where to write the figure, {', '.join(FIGURE_FORMATS)} (default: rankseg-demo.png in the "
+        "current folder, or rankseg-demo-N.png when that exists)",
     )
     demo.add_argument(
         "--force", action="store_true", help="overwrite --out (and --save-data files) if they exist"
@@ -200,11 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``rankseg`` command; returns the exit status (0 ok, 1 a file failed, 2 usage error,
-    130 / 143 interrupted by SIGINT / SIGTERM, 141 stdout closed)."""
+    """Run the ``rankseg`` command; returns the exit status (0 ok, 1 a file failed or the ``cli``
+    extra is missing, 2 usage error, 130 / 143 interrupted by SIGINT / SIGTERM, 141 stdout closed)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = args.parser.prog
+    missing = missing_cli_extra()
+    if missing:
+        print(
+            f"{prog}: error: the rankseg command needs the 'cli' extra "
+            f"(missing: {', '.join(missing)}): {CLI_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 1
     with signals_handled():
         try:
             status = args.run(args)

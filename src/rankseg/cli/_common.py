@@ -17,8 +17,6 @@ from .._options import DEFAULT_SOLVER, resolve_options
 from .._predictor import RankSEG
 from .io import InputError, describe_os_error, split_suffix
 
-PLOT_HINT = '--plot needs matplotlib: pip install "rankseg[plot]"'
-
 
 class UsageError(Exception):
     """A wrong combination of options: reported like argparse's own errors (exit status 2)."""
@@ -46,28 +44,45 @@ class Reporter:
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn in place; silent unless enabled."""
+    """A tqdm progress bar on stderr, one step per file: ``rankseg evaluate [####......] 2/5 case2``.
+
+    Silent unless ``enabled`` (see :func:`progress_enabled`) and there is something to count.
+    """
 
     def __init__(self, total: int, label: str, enabled: bool, stream: TextIO | None = None) -> None:
         self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.stream = stream or sys.stderr
         self.done = 0
-        self.width = 0
+        self._bar = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            class Bar(tqdm):
+                monitor_interval = 0  # no monitor thread (evaluate --workers forks worker processes)
+                name = ""  # the last file done, shown after the count
+
+                @property
+                def format_dict(self) -> dict:
+                    return {**super().format_dict, "name": self.name}
+
+            self._bar = Bar(
+                total=total,
+                desc=label,
+                file=stream or sys.stderr,
+                ascii=".#",
+                bar_format="{desc} [{bar:20}] {n_fmt}/{total_fmt} {name}  {elapsed}<{remaining}",
+            )
 
     def step(self, name: str) -> None:
+        """Count one more file done, ``name`` being the last one."""
         self.done += 1
-        if not self.enabled:
-            return
-        filled = round(20 * self.done / self.total)
-        line = f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {name}"
-        self.stream.write("\r" + line.ljust(self.width))
-        self.stream.flush()
-        self.width = len(line)
+        if self._bar is not None:
+            self._bar.name = name
+            self._bar.update(1)
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Draw the final state and end the line (when enabled and anything was counted)."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 def positive_int(text: str) -> int:
@@ -253,4 +268,5 @@ def prepare_out_folder(out: Path, input_folders: Iterable[Path]) -> None:
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
-    return bool(args.progress) or sys.stderr.isatty()
+    """The progress bar is drawn when stderr is a terminal or ``--progress`` asks, never with ``--quiet``."""
+    return not args.quiet and (bool(args.progress) or sys.stderr.isatty())

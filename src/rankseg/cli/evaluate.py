@@ -25,7 +25,6 @@ import torch
 from .._predictor import RankSEG
 from ..metrics import SegmentationCounts, score_from_counts, segmentation_counts
 from ._common import (
-    PLOT_HINT,
     Progress,
     Reporter,
     UsageError,
@@ -36,7 +35,7 @@ from ._common import (
     stat_or_reason,
 )
 from ._runner import TaskFailed, executor_from_args, run_tasks
-from .figures import plot_gains, pyplot
+from .figures import plot_gains
 from .io import (
     ARRAY_SUFFIXES,
     LABEL_SUFFIXES,
@@ -445,16 +444,10 @@ def run_command(args: argparse.Namespace) -> int:
     inputs = {"--probs": _input_folder(args.probs, "--probs")}
     inputs["--labels"] = _input_folder(args.labels, "--labels")
     outputs = {"--json": args.json, "--csv": args.csv, "--plot": args.plot}
-    plt = None
     try:
         check_outputs(outputs, inputs, args.force)
-        if args.plot is not None:
-            plt = pyplot()
     except InputError as exc:
         report.error(str(exc))
-        return 1
-    except ImportError:
-        report.error(PLOT_HINT)
         return 1
 
     probs = _files_by_stem(args.probs, ARRAY_SUFFIXES, "probs", report)
@@ -540,8 +533,8 @@ def run_command(args: argparse.Namespace) -> int:
             if args.csv is not None:
                 text_csv = summary_csv(summary).encode()
                 saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
-            if plt is not None:
-                saved.append(plot_gains(plt, summary, args.plot, args.force))
+            if args.plot is not None:
+                saved.append(plot_gains(summary, args.plot, args.force))
     except InputError as exc:
         report.error(str(exc))
         saved = []
@@ -551,6 +544,7 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print()
     print(format_table(summary), flush=True)
-    for path in saved:
-        print(f"saved {path}", flush=True)
+    if not args.quiet:
+        for path in saved:
+            print(f"saved {path}", flush=True)
     return 1 if report.failed else 0

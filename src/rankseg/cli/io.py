@@ -2,12 +2,13 @@
 
 Formats: ``.npy``, ``.npz`` (the only array, or the one named for its role), ``.pt`` (a tensor, or a
 dict holding one), NIfTI ``.nii`` / ``.nii.gz`` (optional ``nibabel``), and ``.png`` for label maps
-and 2-D masks. One reader serves every command: only regular files are read, ``.npy`` data only
-as far as its header declares, and every array comes back in native byte order with one of the
-:data:`ACCEPTED_DTYPES`. Every failure is an :class:`InputError` whose message starts with the
-file name. Outputs go to a temporary file in the target folder that is renamed into place, so a
-reader never sees half a file; an existing file is only replaced when asked to (``force``), and
-:func:`atomic_group` makes several files one all-or-nothing output.
+and 2-D masks (through Pillow, part of the ``cli`` extra). One reader serves every command: only
+regular files are read, ``.npy`` data only as far as its header declares, and every array comes
+back in native byte order with one of the :data:`ACCEPTED_DTYPES`. Every failure is an
+:class:`InputError` whose message starts with the file name. Outputs go to a temporary file in the
+target folder that is renamed into place, so a reader never sees half a file; an existing file is
+only replaced when asked to (``force``), and :func:`atomic_group` makes several files one
+all-or-nothing output.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import torch
 
-from ._png import decode_png, encode_png
-
 __all__ = [
     "ACCEPTED_DTYPES",
     "ARRAY_SUFFIXES",
@@ -54,6 +53,7 @@ Role = Literal["probs", "labels"]
 # Names an .npz or a .pt dict may use for its array, by role.
 _KEYS = {"probs": ("probs", "logits"), "labels": ("labels", "masks")}
 NIFTI_HINT = 'reading and writing NIfTI files needs nibabel: pip install "rankseg[nifti]"'
+PNG_HINT = 'reading and writing PNG files needs Pillow: pip install "rankseg[cli]"'
 
 
 class InputError(Exception):
@@ -91,6 +91,14 @@ def _nibabel() -> Any:
     except ImportError:
         raise ImportError(NIFTI_HINT) from None
     return nibabel
+
+
+def _pillow() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(PNG_HINT) from None
+    return Image
 
 
 def _pick(path: Path, arrays: dict[str, Any], role: Role) -> Any:
@@ -143,7 +151,7 @@ def read_array(path: os.PathLike | str, role: Role) -> tuple[np.ndarray, Any]:
                 raise InputError(path, "is not a .npz file (it is not a zip archive)")
             return _read_npz(path, data, role), None
         if suffix == ".png":
-            return _accepted(path, decode_png(data)), None
+            return _accepted(path, _read_png(path, data)), None
         return _tensor_to_numpy(
             path, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), role
         )
@@ -304,6 +312,30 @@ def _accepted(path: Path, array: np.ndarray) -> np.ndarray:
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return array
+
+
+def _read_png(path: Path, data: bytes) -> np.ndarray:
+    """The pixel values of a PNG label map, read by Pillow: ``(H, W)`` for greyscale (8 or 16 bit:
+    uint8 / uint16; 1, 2 or 4 bit: their integer values) and palette images (the palette indices,
+    which is how label PNGs store classes); ``(H, W, channels)`` for colour images."""
+    Image = _pillow()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG":
+                raise InputError(path, f"is not a PNG file (it holds a {image.format} image)")
+            # Pillow stretches 2- and 4-bit greyscale to 0..255; the stored values are the labels
+            raw_mode = image.tile[0][3] if image.tile else None
+            pixels = np.array(image)
+    except Image.UnidentifiedImageError:
+        raise InputError(
+            path, "cannot be read as .png (Pillow finds no image in it: not a PNG file, or a damaged one)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for damaged image data
+        raise InputError(path, f"cannot be read as .png (damaged: {exc})") from None
+    low_bits = {"L;2": 2, "L;4": 4}.get(raw_mode) if isinstance(raw_mode, str) else None
+    if low_bits is not None:
+        pixels = pixels // (255 // (2**low_bits - 1))
+    return pixels
 
 
 def _tensor_to_numpy(path: Path, obj: object, role: Role) -> tuple[np.ndarray, None]:
@@ -518,7 +550,9 @@ def write_mask(
 
     ``.npy`` / ``.npz`` (key ``masks``) / ``.pt`` keep the dtype (int64 labels, bool masks); NIfTI
     stores uint8 (int16 above 255 classes) with the affine and header of ``like``, the input image;
-    ``.png`` stores 2-D labels as 8-bit greyscale (16-bit above 256 classes).
+    ``.png`` stores 2-D labels as 8-bit greyscale (16-bit above 256 classes), through Pillow.
+
+    Raises ``ValueError`` for a mask PNG cannot hold (not 2-D, or values outside 0..65535).
     """
     path = Path(path)
     suffix = split_suffix(path)[1]
@@ -530,12 +564,9 @@ def write_mask(
         return write_atomic(
             path, lambda f: torch.save(torch.from_numpy(np.ascontiguousarray(mask)), f), force=force
         )
-    small = np.uint8 if num_classes <= 256 else np.uint16
     if suffix == ".png":
-        if mask.ndim != 2:
-            raise ValueError(f"PNG masks must be 2-D; got shape {mask.shape}")
-        data = encode_png(mask.astype(small))
-        return write_atomic(path, lambda f: f.write(data), force=force)
+        image = _png_image(mask, num_classes)
+        return write_atomic(path, lambda f: image.save(f, format="PNG"), force=force)
     if suffix in (".nii", ".nii.gz"):
         nib = _nibabel()
         stored = mask.astype(np.uint8 if num_classes <= 255 else np.int16)
@@ -550,6 +581,20 @@ def write_mask(
 
         return write_atomic(path, write, force=force)
     raise ValueError(f"cannot write masks as {suffix!r}; expected one of {', '.join(LABEL_SUFFIXES)}")
+
+
+def _png_image(mask: np.ndarray, num_classes: int) -> Any:
+    """A Pillow greyscale image of 2-D labels: 8-bit up to 256 classes, 16-bit above."""
+    if mask.ndim != 2:
+        raise ValueError(f"PNG masks must be 2-D; got shape {mask.shape}")
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    limit = np.iinfo(dtype).max
+    if mask.size and (mask.min() < 0 or mask.max() > limit):
+        raise ValueError(
+            f"a {np.dtype(dtype).itemsize * 8}-bit PNG holds the values 0..{limit}; the mask holds "
+            f"{mask.min()}..{mask.max()} (num_classes={num_classes}); save it as .npy instead"
+        )
+    return _pillow().fromarray(np.ascontiguousarray(mask, dtype=dtype))
 
 
 def _gzip(data: bytes) -> bytes:

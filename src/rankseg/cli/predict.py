@@ -189,7 +189,8 @@ def run_command(args: argparse.Namespace) -> int:
         if outcome.error is not None:
             report.error(outcome.error)
         else:
-            print(outcome.line, flush=True)
+            if not args.quiet:
+                print(outcome.line, flush=True)
             written += 1
 
     run_tasks(

@@ -2,9 +2,10 @@
 
 SAM outputs are low-resolution mask *logits* in model space, not semantic class logits. Each
 adapter reproduces the official ``transformers`` post-processing geometry of its family exactly
-(design note ``hf-postprocess.md`` section 5), in float32, stops before the final binarisation and
-returns probabilities; ``postprocess`` then hands them to :class:`rankseg.RankSEG` instead of the
-official ``logit > 0`` (SAM/SAM2) or ``prob > 0.5`` (SAM3) threshold.
+(design note ``hf-postprocess.md`` section 5), in float64 for float64 outputs and float32 otherwise,
+stops before the final binarisation and returns probabilities; ``postprocess`` then hands them to
+:class:`rankseg.RankSEG` instead of the official ``logit > 0`` (SAM/SAM2) or ``prob > 0.5`` (SAM3)
+threshold.
 
 Adapters, the model outputs they take (by ``type(outputs).__name__``) and the official code they follow:
 
@@ -19,7 +20,7 @@ Adapters, the model outputs they take (by ``type(outputs).__name__``) and the of
 Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 with
 ``multimask_output=True``; ``K``: SAM3 queries kept; ``(H, W)``: the image's original/target size):
 
-* ``Sam1`` / ``Sam2`` ``restore_mask_probs``: one float32 ``(P, M, H, W)`` tensor per image;
+* ``Sam1`` / ``Sam2`` ``restore_mask_probs``: one ``(P, M, H, W)`` tensor per image;
   ``postprocess``: ``RankSEG(probs)`` with the tensor read as ``(batch=P, classes=M, H, W)``, so
   the default multilabel output is a bool ``(P, M, H, W)`` tensor, one binary map per mask.
 * ``Sam3`` instance: ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}`` per image;
@@ -45,7 +46,16 @@ import torch
 from torch import Tensor
 
 from .._predictor import RankSEG
-from ._common import as_float32, bilinear, field, make_predictor, parse_sizes, resize_probabilities
+from ._common import (
+    bilinear,
+    field,
+    float_field,
+    make_predictor,
+    parse_sizes,
+    predict,
+    resize_probabilities,
+    restoration_dtype,
+)
 from .transformers import restore_semantic_probs
 
 __all__ = ["Sam1", "Sam2", "Sam3"]
@@ -165,26 +175,14 @@ def _check_family(outputs: Any, adapter: str) -> None:
     )
 
 
-def _tensor_field(outputs: Any, name: str, dims: int, layout: str, required: bool = True) -> Tensor | None:
-    value = field(outputs, name)
-    if value is None:
-        if required:
-            raise ValueError(
-                f"outputs.{name} is required, of shape {layout}; got outputs "
-                f"({type(outputs).__name__}) without it (fields: {_field_names(outputs)})"
-            )
-        return None
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
-        raise TypeError(f"outputs.{name} must be a floating-point torch.Tensor of shape {layout}; got {kind}")
-    if value.dim() != dims:
-        raise ValueError(f"outputs.{name} must have shape {layout}; got shape {tuple(value.shape)}")
-    return value
+_PROMPT_MASKS = ("batch", "point_batch", "masks_per_prompt", "height", "width")
+_NO_MASK = "outputs.pred_masks has no mask per prompt"
 
 
 def _prompt_mask_logits(outputs: Any, adapter: str) -> Tensor:
     _check_family(outputs, adapter)
-    return _tensor_field(outputs, "pred_masks", 5, "(batch, point_batch, masks_per_prompt, height, width)")
+    logits = float_field(outputs, "pred_masks", _PROMPT_MASKS)
+    return logits.to(restoration_dtype(logits))
 
 
 def _pad_size(pad_size: PadSize) -> tuple[int, int]:
@@ -219,8 +217,8 @@ def _check_threshold(value: Any) -> float:
 
 def _suppress_overlaps(logits: Tensor) -> Tensor:
     """SAM2's non-overlapping constraint on ``(P, M, H, W)`` logits: where prompt ``p`` is not the
-    arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt is unchanged."""
-    if logits.shape[0] == 1:
+    arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt (or none) is unchanged."""
+    if logits.shape[0] <= 1:
         return logits
     winner = logits.argmax(dim=0, keepdim=True)
     prompt = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1)
@@ -228,7 +226,7 @@ def _suppress_overlaps(logits: Tensor) -> Tensor:
 
 
 def _masks_per_image(predictor: RankSEG, probs: list[Tensor]) -> list[Tensor]:
-    return [predictor(p) for p in probs]
+    return [predict(predictor, p, _NO_MASK) for p in probs]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,7 +240,7 @@ class Sam1:
 
         logits = bilinear(pred_masks[i], pad_size)                 # (P, M, pad_h, pad_w)
         logits = logits[..., :reshaped_h, :reshaped_w]             # remove the bottom/right padding
-        probs  = sigmoid(bilinear(logits, original_size))          # (P, M, H, W), float32
+        probs  = sigmoid(bilinear(logits, original_size))          # (P, M, H, W)
 
     Args:
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
@@ -283,7 +281,13 @@ class Sam1:
             reshaped_input_sizes: the processor's resized (unpadded) input sizes, same forms.
 
         Returns:
-            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+            ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``, float64
+            for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0.
+
+        Raises:
+            TypeError, ValueError: naming the output field (another family, wrong shape, NaN/inf,
+                sparse or meta tensors) or the size argument (form, length, bools, more than
+                2**31 - 1 pixels).
         """
         logits = _prompt_mask_logits(outputs, "Sam1")
         batch = logits.shape[0]
@@ -298,7 +302,7 @@ class Sam1:
                 )
         probs = []
         for i, (height, width) in enumerate(reshaped):
-            padded = bilinear(as_float32(logits[i]), pad)
+            padded = bilinear(logits[i], pad)
             probs.append(torch.sigmoid(bilinear(padded[..., :height, :width], originals[i])))
         return probs
 
@@ -308,7 +312,8 @@ class Sam1:
 
         Returns:
             Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
-            indices into the ``M`` masks of each prompt (multiclass, which needs ``M >= 2``).
+            indices into the ``M`` masks of each prompt (multiclass, which needs ``M >= 2``). With
+            ``M == 0`` the multilabel result is empty and multiclass is refused.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         return _masks_per_image(
@@ -370,14 +375,18 @@ class Sam2:
                 or one pair when ``B == 1``.
 
         Returns:
-            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+            ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``, float64
+            for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0.
+
+        Raises:
+            TypeError, ValueError: as :meth:`Sam1.restore_mask_probs`.
         """
         non_overlap = _check_flag(self.apply_non_overlapping_constraints, "apply_non_overlapping_constraints")
         logits = _prompt_mask_logits(outputs, "Sam2")
         originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
         probs = []
         for i, size in enumerate(originals):
-            resized = bilinear(as_float32(logits[i]), size)
+            resized = bilinear(logits[i], size)
             if non_overlap:
                 resized = _suppress_overlaps(resized)
             probs.append(torch.sigmoid(resized))
@@ -389,7 +398,8 @@ class Sam2:
 
         Returns:
             Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
-            (multiclass, which needs ``M >= 2``).
+            (multiclass, which needs ``M >= 2``). With ``M == 0`` the multilabel result is empty
+            and multiclass is refused.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         return _masks_per_image(predictor, self.restore_mask_probs(outputs, original_sizes))
@@ -453,15 +463,23 @@ class Sam3:
                 ``B == 1``), or ``None`` to keep model resolution and normalised boxes.
 
         Returns:
-            Per image ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}``, float32; ``K``
-            may be 0, giving shapes ``(0,)``, ``(0, 4)`` and ``(0, H, W)``.
+            Per image ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}``, each float64
+            where its field is float64 and float32 otherwise; an empty list for an empty batch.
+            ``K`` may be 0, giving shapes ``(0,)``, ``(0, 4)`` and ``(0, H, W)``: ``(H, W)`` is the
+            target size, the size of a non-empty result (the official code keeps ``(0, h, w)`` at
+            model resolution when nothing passes the threshold).
+
+        Raises:
+            TypeError, ValueError: naming the output field (another family, wrong shape, NaN/inf,
+                sparse or meta tensors), ``target_sizes`` (form, length, bools, more than
+                2**31 - 1 pixels) or ``threshold``.
         """
         threshold = _check_threshold(self.threshold)
         _check_family(outputs, "Sam3")
-        mask_logits = _tensor_field(outputs, "pred_masks", 4, "(batch, queries, height, width)")
-        boxes = _tensor_field(outputs, "pred_boxes", 3, "(batch, queries, 4)")
-        query_logits = _tensor_field(outputs, "pred_logits", 2, "(batch, queries)")
-        presence = _tensor_field(outputs, "presence_logits", 2, "(batch, 1)", required=False)
+        mask_logits = float_field(outputs, "pred_masks", ("batch", "queries", "height", "width"))
+        boxes = float_field(outputs, "pred_boxes", ("batch", "queries", "4"))
+        query_logits = float_field(outputs, "pred_logits", ("batch", "queries"))
+        presence = float_field(outputs, "presence_logits", ("batch", "1"), required=False)
         batch, queries = mask_logits.shape[:2]
         if tuple(boxes.shape) != (batch, queries, 4) or tuple(query_logits.shape) != (batch, queries):
             raise ValueError(
@@ -475,17 +493,18 @@ class Sam3:
             )
         sizes = None if target_sizes is None else parse_sizes(target_sizes, batch, "target_sizes")
 
-        scores = torch.sigmoid(as_float32(query_logits))
+        scores = torch.sigmoid(query_logits.to(restoration_dtype(query_logits)))
         if presence is not None:
-            scores = scores * torch.sigmoid(as_float32(presence))
-        boxes = as_float32(boxes)
+            scores = scores * torch.sigmoid(presence.to(restoration_dtype(presence)))
+        boxes = boxes.to(restoration_dtype(boxes))
         if sizes is not None:
-            heights, widths = torch.tensor(sizes, dtype=torch.float32, device=boxes.device).unbind(1)
-            boxes = boxes * torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
+            scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes.dtype, device=boxes.device)
+            boxes = boxes * scale.view(batch, 1, 4)
+        mask_dtype = restoration_dtype(mask_logits)
         results = []
         for i in range(batch):
             keep = scores[i] > threshold
-            probs = torch.sigmoid(as_float32(mask_logits[i][keep]))  # (K, h, w)
+            probs = torch.sigmoid(mask_logits[i][keep].to(mask_dtype))  # (K, h, w)
             if sizes is not None:
                 if probs.shape[0] > 0:
                     probs = resize_probabilities(probs[None], sizes[i])[0]
@@ -501,7 +520,8 @@ class Sam3:
         instance read as its own binary map ``(batch=K, classes=1, H, W)``.
 
         Returns:
-            Per image ``{"scores": (K,), "boxes": (K, 4), "masks": bool (K, H, W)}``.
+            Per image ``{"scores": (K,), "boxes": (K, 4), "masks": bool (K, H, W)}``; an empty list
+            for an empty batch, ``(0, H, W)`` masks at the target size when no query is kept.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         results = []
@@ -518,10 +538,10 @@ class Sam3:
             target_sizes: one ``(height, width)`` per image, or ``None`` for model resolution.
 
         Returns:
-            ``B`` float32 tensors of shape ``(1, H_i, W_i)``.
+            ``B`` tensors of shape ``(1, H_i, W_i)``, float64 for float64 outputs, float32 otherwise.
         """
         _check_family(outputs, "Sam3")
-        semantic = _tensor_field(outputs, "semantic_seg", 4, "(batch, 1, height, width)")
+        semantic = float_field(outputs, "semantic_seg", ("batch", "1", "height", "width"))
         if semantic.shape[1] != 1:
             raise ValueError(
                 f"outputs.semantic_seg must have shape (batch, 1, height, width); got {tuple(semantic.shape)}"
