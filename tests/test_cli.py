@@ -390,7 +390,7 @@ def test_evaluate_reports_each_bad_pair_by_name_and_evaluates_the_rest(tmp_path)
         f"{labels_dir / 'mismatch.npy'}: has shape (8, 16) but the probabilities "
         f"{probs_dir / 'mismatch.npy'} have shape (3, 16, 16)",
         f"{probs_dir / 'lonely.npy'}: no label file named lonely.* in {labels_dir}",
-        f"{labels_dir / 'badlabel.npy'}: target holds the label 7; labels must lie in [0, 2]",
+        f"{labels_dir / 'badlabel.npy'}: holds the label 7; labels must lie in [0, 2]",
         f"{labels_dir / 'fraction.npy'}: holds non-integer float64 values",
         f"{probs_dir / 'fourclass.npy'}: has 4 class channels (argmax) but 2 other maps have 3 (argmax); "
         "--num-classes selects the maps to evaluate",
@@ -604,6 +604,7 @@ def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
     from rankseg.cli import main
 
     np.save(tmp_path / "p.npy", probs_map(0))
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-missing"  # outside the input folder tmp_path
     cases = [
         (
             ["predict", tmp_path / "p.npy", "--out", tmp_path / "o", "--activation", "sigmoid"],
@@ -636,9 +637,9 @@ def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
             f"--probs {tmp_path / 'nope'} is not a folder",
         ),
         (
-            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--csv", tmp_path / "no" / "r.csv"],
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--csv", elsewhere / "r.csv"],
             1,
-            f"{tmp_path / 'no' / 'r.csv'}: cannot be written: the folder {tmp_path / 'no'} does not exist",
+            f"{elsewhere / 'r.csv'}: cannot be written: the folder {elsewhere} does not exist",
         ),
         (["demo", "--out", tmp_path / "no" / "f.png"], 1, f"{tmp_path / 'no' / 'f.png'}: cannot be written"),
     ]

@@ -5,8 +5,9 @@
     rankseg demo                                        # see it work on built-in data
 
 Every error names the file and the reason; a file that fails does not stop the others, and the
-exit status is 1 when any file failed, 2 for a usage error. Outputs are written atomically and an
-existing file is only replaced with ``--force``.
+exit status is 1 when any file failed, 2 for a usage error, 130 / 143 when stopped by SIGINT /
+SIGTERM and 141 when stdout was closed (``| head``). Outputs are written atomically and an
+existing file is only replaced with ``--force``; an input is never an output.
 
 The command needs the ``cli`` extra (Pillow, matplotlib, tqdm: ``pip install "rankseg[cli]"``);
 without it every subcommand stops before any work with one error naming the extra and exit status
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ._common import UsageError, non_negative_float, positive_int, probability
+from ._common import UsageError, int64, non_negative_float, positive_int, probability
+from ._runner import signals_handled
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
@@ -111,6 +115,17 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
     )
 
 
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """Where the per-file work runs (read by ``_runner.executor_from_args``)."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="work on N files at a time, in N processes (default: 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankseg`` argument parser with its three subcommands."""
     parser = argparse.ArgumentParser(
@@ -137,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, metavar="DIR", help="folder for the masks (created)"
     )
     predict.add_argument("--force", action="store_true", help="overwrite existing output files")
+    _add_runner_options(predict)
     _add_output_options(predict)
     _add_model_options(predict, evaluate=False)
     predict.set_defaults(run=_predict, parser=predict)
@@ -165,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="expected number of class channels",
     )
     evaluate.add_argument(
-        "--ignore-index", type=int, default=None, metavar="I", help="label value left out of every metric"
+        "--ignore-index", type=int64, default=None, metavar="I", help="label value left out of every metric"
     )
     evaluate.add_argument(
         "--solvers",
@@ -181,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIGURE",
         help=f"save a plot of per-image Dice gains ({', '.join(FIGURE_FORMATS)}: the format by the suffix)",
     )
-    evaluate.add_argument(
-        "--workers", type=positive_int, default=1, metavar="N", help="evaluate in N processes (default: 1)"
-    )
+    _add_runner_options(evaluate)
     evaluate.add_argument(
         "--force", action="store_true", help="overwrite existing --json / --csv / --plot files"
     )
@@ -225,23 +239,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rankseg`` command; returns the exit status (0 ok, 1 a file failed or the ``cli``
-    extra is missing, 2 usage error)."""
+    extra is missing, 2 usage error, 130 / 143 interrupted by SIGINT / SIGTERM, 141 stdout closed)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = args.parser.prog
     missing = missing_cli_extra()
     if missing:
         print(
-            f"{args.parser.prog}: error: the rankseg command needs the 'cli' extra "
+            f"{prog}: error: the rankseg command needs the 'cli' extra "
             f"(missing: {', '.join(missing)}): {CLI_EXTRA_HINT}",
             file=sys.stderr,
         )
         return 1
+    with signals_handled():
+        try:
+            status = args.run(args)
+            sys.stdout.flush()  # a closed stdout shows here, not at exit
+            return status
+        except UsageError as exc:
+            args.parser.print_usage(sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            # stdout (or stderr) was closed by its reader, e.g. '| head -1': stop quietly, as Unix
+            # tools stopped by SIGPIPE do, with the status a shell shows for them
+            _silence_stdout()
+            return 128 + getattr(signal, "SIGPIPE", 13)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (runner.Terminated)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            _say(f"{prog}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}")
+            return 128 + signum
+        except OSError as exc:  # a file problem no check foresaw: named, without a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            _say(f"{prog}: error: {where}{exc.strerror or exc}")
+            return 1
+
+
+def _say(message: str) -> None:
     try:
-        return args.run(args)
-    except UsageError as exc:
-        args.parser.print_usage(sys.stderr)
-        print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{args.parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
