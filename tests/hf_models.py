@@ -253,7 +253,8 @@ def mask2former() -> Case:
 
 
 def oneformer() -> Case:
-    """OneFormer with the processor this environment resolves to (PIL without torchvision)."""
+    """OneFormer with ``OneFormerImageProcessor``, the torchvision backend (its final resize is
+    antialiased; the PIL backend's is not, see the OneFormer backend test)."""
     torch.manual_seed(0)
     config = T.OneFormerConfig(
         backbone_config=_swin(),
@@ -378,8 +379,8 @@ def conditional_detr() -> Case:
 
 
 def sam3() -> Case:
-    """SAM3 ``semantic_seg`` (B, 1, h, w): the tiny Sam3Model of the SAM tests, whose official
-    processor exists only with torchvision (imported under a test-only stub)."""
+    """SAM3 ``semantic_seg`` (B, 1, h, w): the tiny Sam3Model of the SAM tests and its official
+    ``Sam3ImageProcessor`` (torchvision backend)."""
     case = sam_models.build_sam3()
     outputs = spread(case.outputs, ("semantic_seg",))
     return Case("sam3", case.model, outputs, IMAGE_SIZES, case.processor.post_process_semantic_segmentation)

@@ -2,10 +2,10 @@
 post-processors, for ``tests/test_integration_sam.py``.
 
 Configs follow ``shared/design/hf-postprocess.md`` section 8.1. Every case is a batch of two images
-of different original sizes, (48, 80) and (70, 50), with three single-point prompts per image.
-
-``Sam2ImageProcessor`` and ``Sam3ImageProcessor`` exist only as torchvision backends; they come from
-:func:`torchvision_stub.official_processor`.
+of different original sizes, (48, 80) and (70, 50), with three single-point prompts per image, run
+through the official processors: ``SamProcessor``, ``Sam2Processor`` (SAM2, EdgeTAM),
+``Sam3TrackerProcessor`` and ``Sam3ImageProcessor``. The last three exist only as torchvision
+backends, so these tests need torchvision (a test dependency).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchvision_stub import official_processor
-
 IMAGE_SIZES = [(48, 80), (70, 50)]  # (height, width) of the two original images
-# (batch=2, point_batch=3, points_per_prompt=1, xy) in original-image pixels
+# (batch=2, point_batch=3, points_per_prompt=1, xy) in original-image pixels, all foreground points
 POINTS = [[[[10, 20]], [[30, 5]], [[40, 40]]], [[[5, 5]], [[20, 60]], [[45, 10]]]]
+LABELS = [[[1], [1], [1]], [[1], [1], [1]]]
 
 
 @dataclass
@@ -32,12 +31,6 @@ class SamCase:
     reshaped_input_sizes: torch.Tensor | None = None  # SAM1 only
     processor: Any = None  # the official image processor
     model: Any = None
-
-
-def _points_in(square: int) -> torch.Tensor:
-    """POINTS rescaled to a square model input (SAM2 / SAM3 squash the image without padding)."""
-    scale = torch.tensor([[square / w, square / h] for h, w in IMAGE_SIZES]).view(2, 1, 1, 2)
-    return torch.tensor(POINTS, dtype=torch.float32) * scale
 
 
 def _images() -> list:
@@ -87,7 +80,7 @@ def build_sam(hq: bool = False) -> SamCase:
 
 
 def build_sam2() -> SamCase:
-    """Tiny Sam2Model on a 128x128 squashed input (the processor would need torchvision)."""
+    """Tiny Sam2Model on a 128x128 squashed input, run through ``Sam2Processor``."""
     import transformers as T
 
     torch.manual_seed(2)
@@ -115,14 +108,52 @@ def build_sam2() -> SamCase:
         ),
     )
     model = T.Sam2Model(config).eval()
+    return _run_prompt_model(model, T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size=_square(128))))
+
+
+def _square(side: int) -> dict[str, int]:
+    return {"height": side, "width": side}
+
+
+def _run_prompt_model(model: Any, processor: Any) -> SamCase:
+    """Images and point prompts through the official ``processor``, then ``model``: SAM2-style
+    processors squash each image to the model's square input and rescale the points."""
+    inputs = processor(images=_images(), input_points=POINTS, input_labels=LABELS, return_tensors="pt")
     with torch.no_grad():
         outputs = model(
-            pixel_values=torch.randn(2, 3, 128, 128),
-            input_points=_points_in(128),
-            input_labels=torch.ones(2, 3, 1, dtype=torch.long),
+            pixel_values=inputs["pixel_values"],
+            input_points=inputs["input_points"],
+            input_labels=inputs["input_labels"],
         )
-    processor = official_processor("transformers.models.sam2.image_processing_sam2", "Sam2ImageProcessor")
-    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor)
+    return SamCase(outputs, inputs["original_sizes"], None, processor.image_processor, model)
+
+
+def build_edgetam() -> SamCase:
+    """Tiny EdgeTamModel: its real backbone architecture (timm ``repvit_m1``, random weights, no
+    download) under a small prompt encoder and mask decoder, run through ``Sam2Processor``."""
+    import transformers as T
+
+    torch.manual_seed(5)
+    backbone = T.TimmWrapperConfig(
+        architecture="repvit_m1",
+        model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]},
+    )
+    config = T.EdgeTamConfig(
+        vision_config=T.EdgeTamVisionConfig(
+            backbone_config=backbone,
+            backbone_channel_list=[384, 192, 96, 48],  # repvit_m1's feature channels, deepest first
+            backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],  # strides 4, 8, 16 of a 128 input
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=T.EdgeTamPromptEncoderConfig(
+            hidden_size=32, image_size=128, patch_size=16, mask_input_channels=8
+        ),
+        mask_decoder_config=T.EdgeTamMaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32
+        ),
+    )
+    model = T.EdgeTamModel(config).eval()
+    return _run_prompt_model(model, T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size=_square(128))))
 
 
 def _sam3_vit():
@@ -162,14 +193,9 @@ def build_sam3_tracker() -> SamCase:
         ),
     )
     model = T.Sam3TrackerModel(config).eval()
-    with torch.no_grad():
-        outputs = model(
-            pixel_values=torch.randn(2, 3, 224, 224),
-            input_points=_points_in(224),
-            input_labels=torch.ones(2, 3, 1, dtype=torch.long),
-        )
-    processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
-    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor, model)
+    return _run_prompt_model(
+        model, T.Sam3TrackerProcessor(image_processor=T.Sam3ImageProcessor(size=_square(224)))
+    )
 
 
 def build_sam3() -> SamCase:
@@ -207,11 +233,14 @@ def build_sam3() -> SamCase:
         mask_decoder_config=T.Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2),
     )
     model = T.Sam3Model(config).eval()
+    # Sam3Processor also tokenizes the text prompt with a CLIP tokenizer, whose vocabulary files
+    # cannot be downloaded here: the images go through its image processor, random ids stand in.
+    processor = T.Sam3ImageProcessor(size=_square(224))
+    inputs = processor(images=_images(), return_tensors="pt")
     with torch.no_grad():
         outputs = model(
-            pixel_values=torch.randn(2, 3, 224, 224),
+            pixel_values=inputs["pixel_values"],
             input_ids=torch.randint(2, 1000, (2, 16)),
             attention_mask=torch.ones(2, 16, dtype=torch.long),
         )
-    processor = official_processor("transformers.models.sam3.image_processing_sam3", "Sam3ImageProcessor")
-    return SamCase(outputs, torch.tensor(IMAGE_SIZES), None, processor, model)
+    return SamCase(outputs, inputs["original_sizes"], None, processor, model)

@@ -17,8 +17,6 @@ import torch
 from PIL import Image
 
 from rankseg import RankSEG
-from rankseg.cli.demo import BAR_COLOURS, PANEL
-from rankseg.cli.figures import GAP, LINE, MARGIN
 from rankseg.data import sample_labels, synthetic_probs
 from rankseg.metrics import SegmentationCounts, score_from_counts, segmentation_counts
 
@@ -43,12 +41,14 @@ def probs_map(seed, classes=4, spatial=(24, 24)):
     return synthetic_probs(1, classes, spatial, seed=seed, scale=3.0)[0].numpy()
 
 
-def blocked(tmp_path, module):
-    """An environment in which ``import module`` fails, as if the optional extra were not installed."""
-    folder = tmp_path / f"block-{module}"
-    (folder / module).mkdir(parents=True)
-    (folder / module / "__init__.py").write_text(f"raise ImportError('no module named {module}')\n")
-    return {**ENV, "PYTHONPATH": str(folder)}
+def blocked(tmp_path, *modules):
+    """An environment in which ``import module`` fails, as if the optional extra were not installed
+    (the rest of ``PYTHONPATH`` is kept, so a source tree put there is still the one tested)."""
+    folder = tmp_path / f"block-{'-'.join(modules)}"
+    for module in modules:
+        (folder / module).mkdir(parents=True)
+        (folder / module / "__init__.py").write_text(f"raise ImportError('no module named {module}')\n")
+    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), ENV.get("PYTHONPATH")]))}
 
 
 def errors(stderr):
@@ -390,7 +390,7 @@ def test_evaluate_reports_each_bad_pair_by_name_and_evaluates_the_rest(tmp_path)
         f"{labels_dir / 'mismatch.npy'}: has shape (8, 16) but the probabilities "
         f"{probs_dir / 'mismatch.npy'} have shape (3, 16, 16)",
         f"{probs_dir / 'lonely.npy'}: no label file named lonely.* in {labels_dir}",
-        f"{labels_dir / 'badlabel.npy'}: target holds the label 7; labels must lie in [0, 2]",
+        f"{labels_dir / 'badlabel.npy'}: holds the label 7; labels must lie in [0, 2]",
         f"{labels_dir / 'fraction.npy'}: holds non-integer float64 values",
         f"{probs_dir / 'fourclass.npy'}: has 4 class channels (argmax) but 2 other maps have 3 (argmax); "
         "--num-classes selects the maps to evaluate",
@@ -439,6 +439,7 @@ def test_evaluate_one_class_maps_against_a_threshold_with_a_plot(tmp_path):
         assert float(rows[method][0]) == pytest.approx(value, abs=5.1e-5)
     with Image.open(tmp_path / "gains.png") as image:
         assert image.format == "PNG" and image.size == (800, 400)
+        assert image.text["Software"].startswith("Matplotlib version")
 
     # without matplotlib: a clear error before any work
     result = run(
@@ -447,7 +448,8 @@ def test_evaluate_one_class_maps_against_a_threshold_with_a_plot(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert errors(result.stderr) == [
-        'rankseg evaluate: error: --plot needs matplotlib: pip install "rankseg[plot]"'
+        "rankseg evaluate: error: the rankseg command needs the 'cli' extra (missing: matplotlib): "
+        'pip install "rankseg[cli]"'
     ]
     assert not (tmp_path / "g2.png").exists()
 
@@ -498,27 +500,68 @@ def test_demo_prints_argmax_rma_and_exact_with_rankseg_ahead(demo_run):
     assert jmlr["exact"][0] == pytest.approx(0.4456, abs=6e-4)
 
 
-def test_demo_figure_exists_has_the_expected_size_and_shows_rankseg_ahead(demo_run):
+def test_demo_figure_is_drawn_by_matplotlib_at_the_printed_size(demo_run):
     cwd, result = demo_run
     assert result.returncode == 0, result.stderr
     match = re.search(r"figure: (.+) \((\d+) x (\d+) px\)", result.stdout)
     path = Path(match.group(1))
     assert path == cwd / "rankseg-demo.png"
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.mode == "RGB"
-        assert image.size == (676, 909) == (int(match.group(2)), int(match.group(3)))
-        pixels = np.array(image)
-    # the last panel of each of the 6 rows is a bar chart of per-image Dice (baseline, RMA, exact)
-    x0 = MARGIN + 4 * (PANEL + GAP)
-    heights = []
-    for row in range(6):
-        y0 = MARGIN + 3 * LINE + row * (LINE + PANEL + GAP) + LINE
-        panel = pixels[y0 : y0 + PANEL, x0 : x0 + PANEL]
-        heights.append([int((panel == colour).all(axis=2).sum(axis=0).max()) for colour in BAR_COLOURS[:3]])
-    heights = np.array(heights)
-    assert (heights > 20).all()  # three visible bars per row
-    assert heights[:, 1].sum() > heights[:, 0].sum() and heights[:, 2].sum() > heights[:, 0].sum()
-    assert heights[5, 1] - heights[5, 0] >= 10  # the JMLR map: about .445 against .30
+        assert image.format == "PNG" and image.mode in ("RGB", "RGBA")
+        assert image.text["Software"].startswith("Matplotlib version")
+        # 6 rows (4 images, the volume's slice, the JMLR map) of 2.3 in, 1.2 in of title and legend
+        assert image.size == (1300, 6 * 230 + 120) == (int(match.group(2)), int(match.group(3)))
+
+
+def test_demo_figure_shows_every_image_and_rankseg_ahead_in_its_dice_bars():
+    """The figure's content, from the demo's own data and results (in-process: the same code)."""
+    from rankseg.cli.demo import SOLVERS, _figure, demo_cases, figure_rows, run_case
+
+    cases = demo_cases()
+    results = [run_case(case, SOLVERS) for case in cases]
+    rows = figure_rows(cases, results)
+    assert [row.label for row in rows] == [
+        "image 1 of 4", "image 2 of 4", "image 3 of 4", "image 4 of 4", "1 volume, slice 24 of 48",
+        "JMLR example 1",
+    ]  # fmt: skip
+    assert [row.probs.shape for row in rows] == [(5, 128, 128)] * 4 + [(5, 48, 48), (1, 64, 64)]
+    np.testing.assert_array_equal(rows[4].rankseg, results[1][1].preds[0, 24].numpy())  # the RMA slice
+    fig = _figure(cases, results)
+    bars = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][4::5]  # the last of 5 panels per row
+    assert len(bars) == len(rows) and bars[0].get_title() == "Dice per image"
+    heights = np.array([[p.get_height() for p in ax.patches] for ax in bars])  # (row, method)
+    expected = [
+        [r.per_image_dice[b] for r in case_results]
+        for case, case_results in zip(cases, results, strict=True)
+        for b in range(case.probs.shape[0])
+    ]
+    np.testing.assert_allclose(heights, expected)
+    assert [t.get_text() for t in bars[-1].get_xticklabels()] == ["threshold", "RMA", "exact"]
+    assert (heights[:, 1:] >= heights[:, :1] - 1e-12).all() and heights[5, 1] - heights[5, 0] > 0.1
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:5] == [f"class {k}" for k in range(5)]
+
+
+def test_demo_figure_format_follows_the_suffix(tmp_path, capsys):
+    from rankseg.cli import main
+
+    result = run("demo", "--out", tmp_path / "demo.svg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"figure: {tmp_path / 'demo.svg'} (13 x 15 in)" in result.stdout
+    data = (tmp_path / "demo.svg").read_bytes()
+    assert data.startswith(b"<?xml") and b"<svg" in data and b"<dc:title>Matplotlib v" in data
+    # any other suffix is a usage error, before any work
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--out", str(tmp_path / "demo.jpg")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: {tmp_path / 'demo.jpg'}: unsupported figure format '.jpg'" in err
+    assert "expected a file name ending in .png, .pdf, .svg" in err
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--probs", str(tmp_path), "--labels", str(tmp_path), "--plot", "g.tiff"])
+    assert info.value.code == 2
+    assert "argument --plot: g.tiff: unsupported figure format '.tiff'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.svg"]
 
 
 def test_demo_data_evaluates_like_the_demo_and_the_figure_is_never_overwritten(demo_run):
@@ -561,6 +604,7 @@ def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
     from rankseg.cli import main
 
     np.save(tmp_path / "p.npy", probs_map(0))
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-missing"  # outside the input folder tmp_path
     cases = [
         (
             ["predict", tmp_path / "p.npy", "--out", tmp_path / "o", "--activation", "sigmoid"],
@@ -593,9 +637,9 @@ def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
             f"--probs {tmp_path / 'nope'} is not a folder",
         ),
         (
-            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--csv", tmp_path / "no" / "r.csv"],
+            ["evaluate", "--probs", tmp_path, "--labels", tmp_path, "--csv", elsewhere / "r.csv"],
             1,
-            f"{tmp_path / 'no' / 'r.csv'}: cannot be written: the folder {tmp_path / 'no'} does not exist",
+            f"{elsewhere / 'r.csv'}: cannot be written: the folder {elsewhere} does not exist",
         ),
         (["demo", "--out", tmp_path / "no" / "f.png"], 1, f"{tmp_path / 'no' / 'f.png'}: cannot be written"),
     ]
@@ -612,3 +656,51 @@ def test_option_and_folder_errors_name_the_option_or_file(tmp_path, capsys):
     assert f"{tmp_path / 'p.npy'}: no label file named p.* in {tmp_path / 'labels'}" in err
     assert "1 label file(s) have no probability map and were skipped: other" in err
     assert "rankseg evaluate: error: no image could be evaluated" in err
+
+
+# ---------------------------------------------------------------- the cli extra, progress and quiet
+
+
+def test_without_the_cli_extra_every_command_names_it_once_and_help_still_works(tmp_path):
+    env = blocked(tmp_path, "PIL", "matplotlib", "tqdm")
+    np.save(tmp_path / "p.npy", probs_map(0))
+    result = run("predict", tmp_path / "p.npy", "--out", tmp_path / "o", env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "rankseg predict: error: the rankseg command needs the 'cli' extra "
+        '(missing: pillow, matplotlib, tqdm): pip install "rankseg[cli]"'
+    ]
+    assert result.stdout == "" and not (tmp_path / "o").exists()
+    helped = run("demo", "--help", env=env)
+    assert helped.returncode == 0 and "--save-data" in helped.stdout
+
+
+def test_progress_only_on_request_and_quiet_keeps_only_the_errors(tmp_path, capsys):
+    """stderr is not a terminal here: no bar unless --progress; --quiet drops the bar and the line
+    per file written, never an error."""
+    from rankseg.cli import main
+
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", probs_map(0))
+    (tmp_path / "bad.npy").write_bytes(b"no")
+    inputs = [str(tmp_path / f"{name}.npy") for name in ("a", "bad", "b")]
+
+    assert main(["predict", *inputs, "--out", str(tmp_path / "plain")]) == 1
+    plain = capsys.readouterr()
+    assert [line.split(" -> ")[0] for line in plain.out.splitlines()] == [inputs[0], inputs[2]]
+    assert "[" not in plain.err and len(errors(plain.err)) == 1
+
+    assert main(["predict", *inputs, "--out", str(tmp_path / "bar"), "--progress"]) == 1
+    bar = capsys.readouterr()
+    assert bar.out == plain.out.replace(str(tmp_path / "plain"), str(tmp_path / "bar"))
+    assert "rankseg predict [####################] 3/3 b.npy" in bar.err and len(errors(bar.err)) == 1
+
+    assert main(["predict", *inputs, "--out", str(tmp_path / "quiet"), "--quiet"]) == 1
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and errors(quiet.err) == errors(plain.err) and "[" not in quiet.err
+    assert sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["a.npy", "a.png", "b.npy", "b.png"]
+
+    with pytest.raises(SystemExit) as info:
+        main(["predict", inputs[0], "--out", str(tmp_path / "x"), "--quiet", "--progress"])
+    assert info.value.code == 2
+    assert "argument --progress: not allowed with argument -q/--quiet" in capsys.readouterr().err

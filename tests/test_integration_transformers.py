@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
@@ -361,6 +363,303 @@ def test_oneformer_antialias_follows_the_backend_and_can_be_chosen(oneformer, mo
 
 
 # --------------------------------------------------------------------------------------------
+# Robustness: empty outputs, non-finite values, float64, sizes, unreadable tensors (issue 9).
+
+# The score fields each family restores (class field, mask field), from the real model outputs.
+SCORE_FIELDS = {
+    **{name: ("logits",) for name in hf_models.PLAIN_BUILDERS},
+    **{name: ("class_queries_logits", "masks_queries_logits") for name in QUERY_CASES if "detr" not in name},
+    "detr": ("logits", "pred_masks"),
+    "conditional_detr": ("logits", "pred_masks"),
+    "sam3": ("semantic_seg",),
+}
+# Official post-processors that fail on zero queries (they resize a map with no channel).
+OFFICIAL_FAILS_WITHOUT_QUERIES = {"mask2former", "eomt_split", "eomt_pad"}
+
+
+def _replaced(case: hf_models.Case, **fields) -> object:
+    """The case's outputs (same output class) with some fields replaced."""
+    return type(case.outputs)(**{**dict(case.outputs), **fields})
+
+
+def _with_outputs(case: hf_models.Case, outputs) -> hf_models.Case:
+    """The same case with other outputs (for :func:`official`)."""
+    return hf_models.Case(case.name, case.model, outputs, case.target_sizes, case.official, case.kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(QUERY_CASES))
+def test_zero_queries_give_zero_scores_at_the_target_size(cases, name):
+    """No query claims any pixel: every class score is 0, the official argmax (and RankSEG's
+    fallback) is class 0 everywhere, and the maps have the target size."""
+    case = cases(name)
+    class_field, mask_field = SCORE_FIELDS[name]
+    empty = _replaced(
+        case, **{class_field: case.outputs[class_field][:, :0], mask_field: case.outputs[mask_field][:, :0]}
+    )
+    probs = hf.restore_semantic_probs(empty, target_sizes=IMAGE_SIZES, **case.kwargs)
+    preds = hf.postprocess(empty, target_sizes=IMAGE_SIZES, **case.kwargs)
+    for p, pred, size in zip(probs, preds, IMAGE_SIZES, strict=True):
+        assert p.shape == (NUM_LABELS, *size) and p.dtype == torch.float32
+        assert not p.any()
+        assert pred.shape == size and pred.dtype == torch.int64 and not pred.any()
+    if name in OFFICIAL_FAILS_WITHOUT_QUERIES:
+        with pytest.raises(RuntimeError):
+            case.official(empty, target_sizes=IMAGE_SIZES)
+        return
+    for p, item in zip(probs, official(_with_outputs(case, empty)), strict=True):
+        assert not item.segmentation_scores.any() and torch.equal(p, item.segmentation_scores)
+        assert not item.segmentation.any()
+
+
+@pytest.mark.parametrize("name", ["segformer", "maskformer", "eomt_pad", "detr", "sam3"])
+def test_an_empty_batch_gives_an_empty_list(cases, name):
+    case = cases(name)
+    empty = _replaced(case, **{f: case.outputs[f][:0] for f in SCORE_FIELDS[name]})
+    assert hf.restore_semantic_probs(empty, target_sizes=[], **case.kwargs) == []
+    assert hf.postprocess(empty, target_sizes=torch.zeros(0, 2, dtype=torch.long), **case.kwargs) == []
+    with pytest.raises(ValueError, match="metric must be one of"):  # nothing to decide, still checked
+        hf.postprocess(empty, target_sizes=[], rankseg_kwargs={"metric": "f1"}, **case.kwargs)
+
+
+def test_zero_class_channels_give_empty_multilabel_masks():
+    outputs = {"logits": torch.zeros(2, 0, 8, 8)}
+    probs = hf.restore_semantic_probs(outputs, target_sizes=[(5, 6), (7, 3)])
+    masks = hf.postprocess(outputs, target_sizes=[(5, 6), (7, 3)])  # one channel or fewer: multilabel
+    assert [(tuple(p.shape), p.dtype) for p in probs] == [
+        ((0, 5, 6), torch.float32),
+        ((0, 7, 3), torch.float32),
+    ]
+    assert [(tuple(m.shape), m.dtype) for m in masks] == [((0, 5, 6), torch.bool), ((0, 7, 3), torch.bool)]
+    with pytest.raises(ValueError, match=r"outputs\.logits has no class channel.*multiclass"):
+        hf.postprocess(outputs, target_sizes=[(5, 6), (7, 3)], rankseg_kwargs={"output_mode": "multiclass"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_model_outputs_are_refused_naming_the_field(case, value):
+    for name in SCORE_FIELDS[case.name]:
+        field = case.outputs[name].clone(memory_format=torch.contiguous_format)
+        field.view(-1)[field.numel() // 3] = value
+        bad = _replaced(case, **{name: field})
+        with pytest.raises(ValueError, match=rf"outputs\.{name} holds 1 NaN or infinite value") as error:
+            hf.restore_semantic_probs(bad, target_sizes=IMAGE_SIZES, **case.kwargs)
+        assert "probs" not in str(error.value)
+        with pytest.raises(ValueError, match=rf"outputs\.{name} holds 1 NaN or infinite value"):
+            hf.postprocess(bad, target_sizes=IMAGE_SIZES, **case.kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_finite_logits_too_large_to_resize_are_refused(dtype):
+    """Logits at the float limit are finite but their bilinear resize rounds to inf (and softmax
+    to NaN): refused, naming the field, instead of returning NaN probabilities."""
+    largest = torch.finfo(dtype).max
+    logits = torch.full((1, 3, 4, 4), largest, dtype=dtype)
+    logits[0, 1] = -largest
+    with pytest.raises(ValueError, match=r"outputs\.logits holds values up to .* too close to the largest"):
+        hf.restore_semantic_probs({"logits": logits}, target_sizes=[(7, 9)])
+    fine = hf.restore_semantic_probs({"logits": logits / 8}, target_sizes=[(7, 9)])[0]
+    assert bool(torch.isfinite(fine).all())
+
+
+def test_float64_outputs_are_restored_in_the_official_dtype(case):
+    """The official code keeps float64 outputs in float64 (EoMT's patch merge excepted: it
+    accumulates in torch's default dtype); the restored probabilities have the official dtype and
+    equal its normalised scores to float64 precision."""
+    as_float64 = _replaced(
+        case, **{k: v.double() for k, v in case.outputs.items() if isinstance(v, torch.Tensor)}
+    )
+    probs = hf.restore_semantic_probs(as_float64, target_sizes=IMAGE_SIZES, **case.kwargs)
+    items = official(_with_outputs(case, as_float64))
+    expected_dtype = torch.get_default_dtype() if case.name == "eomt_split" else torch.float64
+    for p, item in zip(probs, items, strict=True):
+        assert p.dtype == item.segmentation_scores.dtype == expected_dtype
+        expected = expected_probs(case, item.segmentation_scores)
+        tolerance = 1e-6 if expected_dtype == torch.float32 else 1e-13
+        torch.testing.assert_close(p, expected, rtol=tolerance, atol=tolerance)
+        if case.name not in SINGLE_CHANNEL:
+            assert torch.equal(p.argmax(dim=0), item.segmentation)
+
+
+def test_float64_near_ties_decide_as_the_official_argmax(segformer):
+    """Two classes 1e-12 apart: float64 tells them apart, float32 would round them to a tie."""
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    base = torch.randn(2, 1, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    outputs = SemanticSegmenterOutput(logits=torch.cat([base, base + 1e-12, base - 1.0], dim=1))
+    official_labels = segformer.official(outputs, target_sizes=IMAGE_SIZES)
+    assert all(bool((labels == 1).all()) for labels in official_labels)
+    preds = hf.postprocess(outputs, target_sizes=IMAGE_SIZES, rankseg_kwargs={"metric": "acc"})
+    for pred, labels in zip(preds, official_labels, strict=True):
+        assert torch.equal(pred, labels)
+
+
+@pytest.mark.parametrize(
+    ("target_sizes", "match"),
+    [
+        pytest.param((True, True), "bool", id="bool-pair"),
+        pytest.param([(True, 5)], "bool", id="bool-in-list"),
+        pytest.param(torch.tensor([[True, True]]), "bool", id="bool-tensor"),
+        pytest.param([(2**31, 2**31)], r"2\*\*31 - 1", id="huge"),
+        pytest.param([(65536, 32768)], r"2\*\*31 - 1", id="just-over-the-limit"),
+    ],
+)
+def test_sizes_that_are_not_image_sizes_are_refused(target_sizes, match):
+    outputs = {"logits": torch.randn(1, 3, 8, 8)}
+    with pytest.raises(ValueError, match=r"target_sizes .*" + match):
+        hf.restore_semantic_probs(outputs, target_sizes=target_sizes)
+
+
+def test_the_size_limit_is_what_a_bilinear_resize_can_address():
+    from rankseg.integration._common import MAX_PIXELS, parse_sizes
+
+    assert MAX_PIXELS == 2**31 - 1  # torch's CUDA bilinear kernel indexes output pixels with an int
+    assert parse_sizes([(MAX_PIXELS, 1)], 1, "target_sizes") == [(MAX_PIXELS, 1)]
+    with pytest.raises(ValueError, match="target_sizes"):
+        parse_sizes([(MAX_PIXELS + 1, 1)], 1, "target_sizes")
+
+
+def test_eomt_sizes_over_the_limit_are_refused_before_any_allocation(cases):
+    case = cases("eomt_split")
+    with pytest.raises(ValueError, match=r"size holds \(65536, 65536\)"):
+        hf.restore_semantic_probs(
+            case.outputs, target_sizes=IMAGE_SIZES, size={"shortest_edge": 2**16, "longest_edge": None}
+        )
+    with pytest.raises(ValueError, match=r"target_sizes .*merge canvas.* holds \(64, 68719476736\)"):
+        hf.restore_semantic_probs(case.outputs, target_sizes=[(1, 2**30), (70, 50)], **case.kwargs)
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_meta_and_sparse_tensors_are_refused_naming_the_field(case, kind):
+    def unreadable(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to("meta") if kind == "meta" else tensor.to_sparse()
+
+    error = ValueError if kind == "meta" else TypeError
+    for name in SCORE_FIELDS[case.name]:
+        bad = _replaced(case, **{name: unreadable(case.outputs[name])})
+        with pytest.raises(error, match=rf"outputs\.{name} .*{kind}"):
+            hf.postprocess(bad, target_sizes=IMAGE_SIZES, **case.kwargs)
+    with pytest.raises(error, match=rf"target_sizes .*{kind}"):
+        hf.restore_semantic_probs(
+            case.outputs, target_sizes=unreadable(torch.tensor(IMAGE_SIZES)), **case.kwargs
+        )
+
+
+def test_eomt_patch_offsets_on_the_meta_device_are_refused(cases):
+    case = cases("eomt_split")
+    offsets = [offset.to("meta") for offset in case.outputs["patch_offsets"]]
+    with pytest.raises(ValueError, match=r"outputs\.patch_offsets .*meta"):
+        hf.restore_semantic_probs(
+            _replaced(case, patch_offsets=offsets), target_sizes=IMAGE_SIZES, **case.kwargs
+        )
+
+
+# Generated outputs: empty batches, classes and queries; saturated scores (probabilities of exactly
+# 0 and 1) and exact ties; every dtype. Checked against the official post-processing.
+
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _generated(
+    seed: int, shape: tuple[int, ...], dtype: torch.dtype, scale: float, ties: bool
+) -> torch.Tensor:
+    """Normal logits times ``scale`` (3000 saturates softmax and sigmoid to exact 0 and 1); with
+    ``ties`` rounded to integers, so that many entries are exactly equal."""
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    return (values.round() if ties else values).to(dtype)
+
+
+def _draw_sizes(data, batch: int) -> list[tuple[int, int]] | None:
+    """``None`` (model resolution) or one drawn (height, width) per image."""
+    pair = st.tuples(st.integers(1, 9), st.integers(1, 9))
+    return data.draw(st.one_of(st.none(), st.lists(pair, min_size=batch, max_size=batch)))
+
+
+def _check_restored(probs, batch, classes, sizes, model_size, dtype, simplex):
+    assert len(probs) == batch
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for i, p in enumerate(probs):
+        size = model_size if sizes is None else sizes[i]
+        assert p.shape == (classes, *size) and p.dtype == expected_dtype
+        assert bool(torch.isfinite(p).all()) and bool((p >= 0).all()) and bool((p <= 1).all())
+        if simplex and classes > 0:
+            total = p.sum(dim=0)
+            assert bool((((total - 1).abs() < 1e-5) | (total == 0)).all())
+
+
+def _official_tolerance(dtype: torch.dtype) -> dict:
+    return {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    classes=st.integers(0, 4),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    metric=st.sampled_from(["dice", "iou"]),
+    data=st.data(),
+)
+def test_generated_plain_logits_match_the_official_scores(
+    cases, seed, batch, classes, height, width, dtype, scale, ties, metric, data
+):
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    outputs = SemanticSegmenterOutput(
+        logits=_generated(seed, (batch, classes, height, width), dtype, scale, ties)
+    )
+    sizes = _draw_sizes(data, batch)
+    probs = hf.restore_semantic_probs(outputs, target_sizes=sizes)
+    _check_restored(probs, batch, classes, sizes, (height, width), dtype, simplex=True)
+    preds = hf.postprocess(outputs, target_sizes=sizes, rankseg_kwargs={"metric": metric})
+    mode = "multiclass" if classes > 1 else "multilabel"
+    for p, pred in zip(probs, preds, strict=True):
+        if classes == 0:
+            assert pred.shape == p.shape and pred.dtype == torch.bool
+        else:
+            assert torch.equal(pred, RankSEG(metric=metric, output_mode=mode)(p[None])[0])
+    if classes > 0 and dtype in (torch.float32, torch.float64):
+        items = cases("segformer").official(outputs, target_sizes=sizes, return_segmentation_scores=True)
+        for p, item in zip(probs, items, strict=True):
+            torch.testing.assert_close(
+                p, item.segmentation_scores.softmax(dim=0), **_official_tolerance(dtype)
+            )
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(0, 2),
+    queries=st.integers(0, 3),
+    classes=st.integers(1, 3),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    dtype=st.sampled_from(_DTYPES),
+    scale=st.sampled_from([1.0, 30.0, 3000.0]),
+    ties=st.booleans(),
+    data=st.data(),
+)
+def test_generated_query_outputs_match_the_official_scores(
+    cases, seed, batch, queries, classes, height, width, dtype, scale, ties, data
+):
+    from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
+
+    outputs = MaskFormerForInstanceSegmentationOutput(
+        class_queries_logits=_generated(seed, (batch, queries, classes + 1), dtype, scale, ties),
+        masks_queries_logits=_generated(seed + 1, (batch, queries, height, width), dtype, scale, ties),
+    )
+    sizes = _draw_sizes(data, batch)
+    probs = hf.restore_semantic_probs(outputs, target_sizes=sizes)
+    _check_restored(probs, batch, classes, sizes, (height, width), dtype, simplex=True)
+    if dtype in (torch.float32, torch.float64):
+        items = cases("maskformer").official(outputs, target_sizes=sizes, return_segmentation_scores=True)
+        for p, item in zip(probs, items, strict=True):
+            scores = item.segmentation_scores
+            expected = scores / scores.sum(dim=0, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+            torch.testing.assert_close(p, expected, **_official_tolerance(dtype))
+
+
+# --------------------------------------------------------------------------------------------
 # Rejected inputs: each error names what was received and what to do.
 
 
@@ -422,7 +721,7 @@ def test_tuple_outputs_from_return_dict_false_are_refused(segformer):
         pytest.param(
             {"logits": torch.randint(0, 3, (1, 3, 4, 4))},
             TypeError,
-            r"outputs\.logits must be a floating-point torch\.Tensor; got a torch\.int64 tensor",
+            r"outputs\.logits must be a floating-point torch\.Tensor of shape .*; got a torch\.int64 tensor",
             id="integer-logits",
         ),
         pytest.param(

@@ -1,100 +1,96 @@
-"""File formats, the PNG codec, atomic writes and the demo figure's drawing (issue: the command line)."""
+"""File formats (PNG through Pillow), atomic writes, and the figures matplotlib draws (issue 13)."""
 
 import io
-import struct
-import zlib
+import re
+import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from rankseg.cli._png import decode_png, encode_png
-from rankseg.cli.figures import FONT, bars_panel, compose, draw_text, text_width
+from rankseg.cli.evaluate import PairResult, summarise
+from rankseg.cli.figures import (
+    DPI,
+    PALETTE,
+    DemoRow,
+    demo_figure,
+    figure_format,
+    gains_figure,
+    plot_gains,
+    save_figure,
+)
 from rankseg.cli.io import InputError, OutputExistsError, read_array, split_suffix, write_atomic, write_mask
 
-
-def png_with_filters(image: np.ndarray, filters: list[int]) -> bytes:
-    """A greyscale/RGB 8-bit PNG whose row y uses filter filters[y], filtered by the PNG spec's formulas."""
-    height = image.shape[0]
-    rows = image.reshape(height, -1).astype(np.int64)
-    bpp = 1 if image.ndim == 2 else image.shape[2]
-    out = []
-    prev = np.zeros(rows.shape[1], np.int64)
-    for y in range(height):
-        cur, kind = rows[y], filters[y]
-        left = np.concatenate([np.zeros(bpp, np.int64), cur[:-bpp]])
-        upleft = np.concatenate([np.zeros(bpp, np.int64), prev[:-bpp]])
-        if kind == 0:
-            pred = np.zeros_like(cur)
-        elif kind == 1:
-            pred = left
-        elif kind == 2:
-            pred = prev
-        elif kind == 3:
-            pred = (left + prev) // 2
-        else:
-            p = left + prev - upleft
-            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
-            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
-        out.append(bytes([kind]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
-        prev = cur
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    colour = 0 if image.ndim == 2 else 2
-    header = struct.pack(">IIBBBBB", image.shape[1], height, 8, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(out)))
-        + chunk(b"IEND", b"")
-    )
-
-
-@pytest.mark.parametrize("shape", [(10, 13), (10, 7, 3)])
-def test_png_decoder_undoes_every_row_filter(shape):
-    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    data = png_with_filters(image, [y % 5 for y in range(shape[0])])
-    np.testing.assert_array_equal(decode_png(data), image)
+# ------------------------------------------------------------------------------------------- PNG
 
 
 @pytest.mark.parametrize(
-    ("mode", "dtype", "shape"),
-    [("L", np.uint8, (19, 23)), ("I;16", np.uint16, (9, 5)), ("RGB", np.uint8, (6, 8, 3))],
+    ("num_classes", "mode", "dtype"), [(5, "L", np.uint8), (256, "L", np.uint8), (300, "I;16", np.uint16)]
 )
-def test_png_written_here_reads_back_in_pillow_and_the_other_way(mode, dtype, shape):
-    rng = np.random.default_rng(1)
-    image = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
-    ours = Image.open(io.BytesIO(encode_png(image)))
-    assert ours.mode == mode
-    np.testing.assert_array_equal(np.array(ours), image)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
-    np.testing.assert_array_equal(decode_png(buf.getvalue()), image)
+def test_png_masks_are_8_or_16_bit_greyscale_and_read_back(tmp_path, num_classes, mode, dtype):
+    labels = np.random.default_rng(num_classes).integers(0, num_classes, (19, 23))
+    labels[0, :2] = (0, num_classes - 1)  # both ends of the range
+    path = write_mask(tmp_path / "m.png", labels, num_classes=num_classes)
+    with Image.open(path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", mode, (23, 19))
+        np.testing.assert_array_equal(np.array(image), labels)
+    back, like = read_array(path, "labels")
+    assert back.dtype == dtype and like is None
+    np.testing.assert_array_equal(back, labels)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_palette_pngs_give_their_indices(bits):
+def test_palette_pngs_give_their_indices(tmp_path, bits):
     labels = np.random.default_rng(bits).integers(0, min(2**bits, 21), (11, 17), dtype=np.uint8)
-    img = Image.new("P", (17, 11))
-    img.putdata(labels.reshape(-1).tolist())
-    img.putpalette([v for c in range(256) for v in (c, 255 - c, 0)])
+    image = Image.new("P", (17, 11))
+    image.putdata(labels.reshape(-1).tolist())
+    image.putpalette([v for c in range(256) for v in (c, 255 - c, 0)])
+    image.save(tmp_path / "p.png", bits=bits)
+    with Image.open(tmp_path / "p.png") as saved:
+        assert saved.mode == "P"
+    np.testing.assert_array_equal(read_array(tmp_path / "p.png", "labels")[0], labels)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_greyscale_pngs_of_any_depth_give_the_stored_values(tmp_path, bits):
+    """Pillow shows 2- and 4-bit greyscale stretched to 0..255; a label map needs the stored values."""
+    top = 2**bits - 1
+    labels = np.random.default_rng(bits).integers(0, top + 1, (9, 13))
+    labels.flat[:2] = (0, top)
+    if bits == 1:
+        image = Image.fromarray(labels.astype(bool))
+    elif bits < 16:  # Pillow packs the high bits of 8-bit values: give them as Pillow shows them
+        image = Image.fromarray((labels * (255 // top)).astype(np.uint8))
+    else:
+        image = Image.fromarray(labels.astype(np.uint16))
+    image.save(tmp_path / "g.png", bits=bits) if bits < 8 else image.save(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as saved:  # the file really has that bit depth
+        assert saved.tile[0][3] == {1: "1", 2: "L;2", 4: "L;4", 8: "L", 16: "I;16B"}[bits]
+    back = read_array(tmp_path / "g.png", "labels")[0]
+    np.testing.assert_array_equal(back.astype(np.int64), labels)
+
+
+def test_masks_a_png_cannot_hold_are_refused_and_nothing_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"PNG masks must be 2-D; got shape \(2, 3, 4\)"):
+        write_mask(tmp_path / "a.png", np.zeros((2, 3, 4), np.int64), num_classes=3)
+    with pytest.raises(ValueError, match=r"a 16-bit PNG holds the values 0..65535; the mask holds 0..70000"):
+        write_mask(tmp_path / "b.png", np.array([[0, 70000]]), num_classes=70001)
+    with pytest.raises(ValueError, match=r"an? 8-bit PNG holds the values 0..255; the mask holds -1..2"):
+        write_mask(tmp_path / "c.png", np.array([[-1, 2]]), num_classes=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_files_that_are_no_png_are_named_with_the_format(tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "photo.png", format="JPEG")
+    with pytest.raises(InputError, match=r"photo\.png: is not a PNG file \(it holds a JPEG image\)"):
+        read_array(tmp_path / "photo.png", "labels")
     buf = io.BytesIO()
-    img.save(buf, format="PNG", bits=bits)
-    np.testing.assert_array_equal(decode_png(buf.getvalue()), labels)
-
-
-def test_corrupt_pngs_are_refused_with_the_reason():
-    data = bytearray(encode_png(np.zeros((4, 4), np.uint8)))
-    with pytest.raises(ValueError, match="signature"):
-        decode_png(b"GIF89a" + bytes(data[6:]))
-    data[30] ^= 0xFF  # inside IHDR
-    with pytest.raises(ValueError, match="CRC mismatch"):
-        decode_png(bytes(data))
-    with pytest.raises(ValueError, match="needs a"):
-        encode_png(np.zeros((4, 4), np.float32))
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:-30])  # the last chunks missing
+    with pytest.raises(InputError, match=r"cut\.png: cannot be read as \.png"):
+        read_array(tmp_path / "cut.png", "labels")
 
 
 def test_split_suffix_keeps_the_double_nifti_suffix():
@@ -180,28 +176,134 @@ def test_archives_with_several_arrays_need_the_role_name(tmp_path):
     assert read_array(tmp_path / "d.pt", "labels")[0].tolist() == [0, 1, 2]
 
 
-def test_text_is_drawn_with_the_glyphs_of_the_font():
-    canvas = np.zeros((9, text_width("A1") + 2, 3), np.uint8)
-    draw_text(canvas, 1, 1, "a1", (255, 0, 0))
-    drawn = canvas[1:8, 1:6, 0] == 255
-    np.testing.assert_array_equal(drawn, FONT["A"])
-    np.testing.assert_array_equal(canvas[1:8, 7:12, 0] == 255, FONT["1"])
+# --------------------------------------------------------------------------------------- figures
 
 
-def test_bars_are_as_tall_as_their_values():
-    panel = bars_panel([("a", 0.25, (10, 20, 30)), ("b", 0.75, (40, 50, 60))], 128, 100)
-    for colour, height in (((10, 20, 30), 25), ((40, 50, 60), 75)):
-        column_heights = (panel == colour).all(axis=2).sum(axis=0)
-        assert column_heights.max() == height
+def test_figure_format_follows_the_suffix_and_refuses_others():
+    assert [figure_format(f"f{s}") for s in (".png", ".PDF", ".svg")] == ["png", "pdf", "svg"]
+    for name in ("f.jpg", "f", "f.png.txt"):
+        with pytest.raises(
+            ValueError, match=rf"{name}: unsupported figure format .*expected .*\.png, \.pdf, \.svg"
+        ):
+            figure_format(name)
 
 
-def test_compose_has_the_documented_size():
-    panel = np.zeros((16, 16, 3), np.uint8)
-    from rankseg.cli.figures import GAP, LINE, MARGIN, FigureRow
+def matplotlib_made(path):
+    """``(format, size)`` of a figure file checked to be matplotlib's work: PNG size in pixels (read
+    by Pillow, made by "Matplotlib version ..."), PDF and SVG page size in points."""
+    data = path.read_bytes()
+    if data.startswith(b"%PDF-"):
+        assert re.search(rb"/Producer \(Matplotlib pdf backend", data)
+        box = re.search(rb"/MediaBox \[ 0 0 ([\d.]+) ([\d.]+) \]", data)
+        return "pdf", (float(box.group(1)), float(box.group(2)))
+    if data.startswith(b"<?xml"):
+        root = ElementTree.fromstring(data)
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert "<dc:title>Matplotlib v" in data.decode()
+        return "svg", (
+            float(root.get("width").removesuffix("pt")),
+            float(root.get("height").removesuffix("pt")),
+        )
+    with Image.open(path) as image:
+        assert image.text["Software"].startswith("Matplotlib version")
+        return image.format.lower(), image.size
 
-    image = compose(["h1", "h2"], ["t1", "t2", "t3"], [FigureRow("r", [panel] * 3)] * 4, 16)
-    assert image.shape == (
-        2 * MARGIN + 3 * LINE + 4 * (LINE + 16 + GAP) - GAP,
-        2 * MARGIN + 3 * 16 + 2 * GAP,
-        3,
+
+def two_image_summary():
+    """What ``rankseg evaluate`` plots: two images, two classes, RMA finding one more pixel of class 0."""
+    counts = np.array([[[3, 1], [5, 2], [4, 2]], [[2, 0], [3, 1], [4, 1]]])  # (image, 3, class)
+    better = np.array([[1, 0], [0, 0], [0, 0]])
+    return summarise(
+        [
+            PairResult(f"im{i}", 2, "argmax", {"argmax": c, "RMA": c + better}, {"argmax": 0.1, "RMA": 0.2})
+            for i, c in enumerate(counts)
+        ]
     )
+
+
+def test_figures_are_written_in_the_format_of_the_suffix_and_never_over_a_file(tmp_path):
+    summary = two_image_summary()
+    sizes = {"png": (800, 400), "pdf": (576.0, 288.0), "svg": (576.0, 288.0)}  # 8 x 4 in; 100 dpi
+    for suffix, size in sizes.items():
+        path = plot_gains(summary, tmp_path / f"gains.{suffix}")
+        assert matplotlib_made(path) == (suffix, size)
+    before = (tmp_path / "gains.svg").read_bytes()
+    with pytest.raises(OutputExistsError):
+        plot_gains(summary, tmp_path / "gains.svg")
+    assert (tmp_path / "gains.svg").read_bytes() == before
+    with pytest.raises(ValueError, match=r"unsupported figure format '\.gif'"):
+        save_figure(gains_figure(summary), tmp_path / "gains.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gains.pdf", "gains.png", "gains.svg"]
+    ax = gains_figure(summary).axes[0]
+    # per-image mean Dice gain: class 0 goes 6/9 -> 8/9 and 4/7 -> 6/7, over two classes
+    gain = ((8 / 9 - 6 / 9) / 2 + (6 / 7 - 4 / 7) / 2) / 2
+    assert [line.get_label() for line in ax.get_lines()][:1] == [f"RMA (mean +{gain:.4f})"]
+
+
+def demo_rows():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), (6, 8)).transpose(2, 0, 1)  # (3, 6, 8)
+    one = rng.random((1, 6, 8))
+    return [
+        DemoRow("image 1 of 1", probs, probs.argmax(0), np.where(probs[1] > 0.3, 1, probs.argmax(0)),
+                [("argmax", 0.5), ("RMA", 0.625)]),
+        DemoRow("JMLR example 1", one, one[0] > 0.5, (one[0] > 0.25) & (one[0] < 0.9),
+                [("threshold", 0.25), ("RMA", 0.75)]),
+    ]  # fmt: skip
+
+
+def _rgb(labels):
+    from matplotlib.colors import to_rgb
+
+    return np.array([to_rgb(PALETTE[k]) for k in labels.reshape(-1)]).reshape(*labels.shape, 3)
+
+
+def test_demo_figure_has_titled_panels_a_class_legend_a_colour_bar_and_the_dice_bars():
+    rows = demo_rows()
+    fig = demo_figure(rows, solver="RMA", classes=3, title="demo")
+    np.testing.assert_allclose(fig.get_size_inches() * DPI, (1300, 2 * 230 + 120))
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(grid) == 2 * 5
+    assert [ax.get_title() for ax in grid[:5]] == [
+        "probabilities", "argmax / threshold", "RankSEG (RMA)", "changed pixels", "Dice per image",
+    ]  # fmt: skip
+    assert [grid[5 * r].get_ylabel() for r in range(2)] == ["image 1 of 1", "JMLR example 1"]
+    (colourbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert colourbar.get_ylabel().startswith("probability") and colourbar.get_ylim() == (0.0, 1.0)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()][:3] == ["class 0", "class 1", "class 2"]
+    for r, row in enumerate(rows):
+        bars = grid[5 * r + 4]
+        assert [p.get_height() for p in bars.patches] == [d for _, d in row.dice]
+        assert [t.get_text() for t in bars.texts] == [f"{d:.3f}" for _, d in row.dice]
+        assert [t.get_text() for t in bars.get_xticklabels()] == [n for n, _ in row.dice]
+    # the label panels show each pixel in its class colour; the changed panel only what RankSEG changed
+    from matplotlib.colors import to_rgb
+
+    baseline, changed = grid[1].get_images()[0].get_array(), grid[3].get_images()[0].get_array()
+    np.testing.assert_allclose(baseline[0, 0], to_rgb(PALETTE[rows[0].baseline[0, 0]]))
+    moved = rows[0].baseline != rows[0].rankseg
+    assert moved.any() and (~moved).any()
+    assert (np.asarray(changed)[~moved] == 0).all() and (np.asarray(changed)[moved].sum(axis=-1) > 0).all()
+    np.testing.assert_allclose(np.asarray(changed)[moved], _rgb(rows[0].rankseg[moved]))
+    # one class: pixels RankSEG adds in the class colour, pixels it removes grey, the rest black
+    before, after = rows[1].baseline, rows[1].rankseg
+    changed = np.asarray(grid[8].get_images()[0].get_array())
+    assert (after & ~before).any() and (before & ~after).any()
+    np.testing.assert_allclose(
+        changed[after & ~before], np.broadcast_to(to_rgb(PALETTE[0]), (int((after & ~before).sum()), 3))
+    )
+    np.testing.assert_allclose(
+        changed[before & ~after], np.broadcast_to(to_rgb("#8c8c8c"), (int((before & ~after).sum()), 3))
+    )
+    assert (changed[before == after] == 0).all()
+
+
+def test_figures_leave_pyplot_alone(tmp_path):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    save_figure(demo_figure(demo_rows(), "RMA", 3, "demo"), tmp_path / "d.svg")
+    assert matplotlib.get_backend() == backend
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or pyplot.get_fignums() == []

@@ -5,26 +5,72 @@
     rankseg demo                                        # see it work on built-in data
 
 Every error names the file and the reason; a file that fails does not stop the others, and the
-exit status is 1 when any file failed, 2 for a usage error. Outputs are written atomically and an
-existing file is only replaced with ``--force``.
+exit status is 1 when any file failed, 2 for a usage error, 130 / 143 when stopped by SIGINT /
+SIGTERM and 141 when stdout was closed (``| head``). Outputs are written atomically and an
+existing file is only replaced with ``--force``; an input is never an output.
+
+The command needs the ``cli`` extra (Pillow, matplotlib, tqdm: ``pip install "rankseg[cli]"``);
+without it every subcommand stops before any work with one error naming the extra and exit status
+1 (2 stays reserved for mistakes in the command line). ``--help`` and ``--version`` work without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ._common import UsageError, non_negative_float, positive_int, probability
+from ._common import UsageError, int64, non_negative_float, positive_int, probability
+from ._runner import signals_handled
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
+from .figures import FIGURE_FORMATS, figure_format
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES
 from .predict import run_command as _predict
 
 __all__ = ["main"]
+
+#: What the command line needs beyond the library (the ``cli`` extra): import name -> package name.
+CLI_EXTRA = {"PIL.Image": "pillow", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+CLI_EXTRA_HINT = 'pip install "rankseg[cli]"'
+
+
+def missing_cli_extra() -> list[str]:
+    """The packages of the ``cli`` extra that cannot be imported here (an empty list when all can)."""
+    missing = []
+    for module, package in CLI_EXTRA.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+def _figure_path(text: str) -> Path:
+    try:
+        figure_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    quiet = parser.add_mutually_exclusive_group()
+    quiet.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+    quiet.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no line per file written; errors and warnings still go to stderr",
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
@@ -69,6 +115,17 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
     )
 
 
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """Where the per-file work runs (read by ``_runner.executor_from_args``)."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="work on N files at a time, in N processes (default: 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankseg`` argument parser with its three subcommands."""
     parser = argparse.ArgumentParser(
@@ -95,9 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, metavar="DIR", help="folder for the masks (created)"
     )
     predict.add_argument("--force", action="store_true", help="overwrite existing output files")
-    predict.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_runner_options(predict)
+    _add_output_options(predict)
     _add_model_options(predict, evaluate=False)
     predict.set_defaults(run=_predict, parser=predict)
 
@@ -125,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="expected number of class channels",
     )
     evaluate.add_argument(
-        "--ignore-index", type=int, default=None, metavar="I", help="label value left out of every metric"
+        "--ignore-index", type=int64, default=None, metavar="I", help="label value left out of every metric"
     )
     evaluate.add_argument(
         "--solvers",
@@ -137,19 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, metavar="PATH", help="also save the table as CSV")
     evaluate.add_argument(
         "--plot",
-        type=Path,
-        metavar="PNG",
-        help="save a plot of per-image Dice gains (needs the 'plot' extra)",
+        type=_figure_path,
+        metavar="FIGURE",
+        help=f"save a plot of per-image Dice gains ({', '.join(FIGURE_FORMATS)}: the format by the suffix)",
     )
-    evaluate.add_argument(
-        "--workers", type=positive_int, default=1, metavar="N", help="evaluate in N processes (default: 1)"
-    )
+    _add_runner_options(evaluate)
     evaluate.add_argument(
         "--force", action="store_true", help="overwrite existing --json / --csv / --plot files"
     )
-    evaluate.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_output_options(evaluate)
     _add_model_options(evaluate, evaluate=True)
     evaluate.set_defaults(run=_evaluate, parser=evaluate)
 
@@ -160,16 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Generate calibrated example probability maps (several classes: a few 2-D images and a 3-D "
             "volume, plus the one-class map of example 1 of Dai & Li, JMLR 2023), draw labels from them, "
             "print argmax against RankSEG's solvers (expected and realised Dice / IoU, time), and write a "
-            "PNG figure of the masks."
+            "figure of the masks (PNG, PDF or SVG by the suffix of --out)."
         ),
     )
     demo.add_argument(
         "--out",
-        type=Path,
+        type=_figure_path,
         default=None,
-        metavar="PNG",
-        help="where to write the figure (default: rankseg-demo.png in the current folder, "
-        "or rankseg-demo-N.png when that exists)",
+        metavar="FIGURE",
+        help=f"where to write the figure, {', '.join(FIGURE_FORMATS)} (default: rankseg-demo.png in the "
+        "current folder, or rankseg-demo-N.png when that exists)",
     )
     demo.add_argument(
         "--force", action="store_true", help="overwrite --out (and --save-data files) if they exist"
@@ -186,15 +238,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``rankseg`` command; returns the exit status (0 ok, 1 a file failed, 2 usage error)."""
+    """Run the ``rankseg`` command; returns the exit status (0 ok, 1 a file failed or the ``cli``
+    extra is missing, 2 usage error, 130 / 143 interrupted by SIGINT / SIGTERM, 141 stdout closed)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = args.parser.prog
+    missing = missing_cli_extra()
+    if missing:
+        print(
+            f"{prog}: error: the rankseg command needs the 'cli' extra "
+            f"(missing: {', '.join(missing)}): {CLI_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 1
+    with signals_handled():
+        try:
+            status = args.run(args)
+            sys.stdout.flush()  # a closed stdout shows here, not at exit
+            return status
+        except UsageError as exc:
+            args.parser.print_usage(sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            # stdout (or stderr) was closed by its reader, e.g. '| head -1': stop quietly, as Unix
+            # tools stopped by SIGPIPE do, with the status a shell shows for them
+            _silence_stdout()
+            return 128 + getattr(signal, "SIGPIPE", 13)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (runner.Terminated)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            _say(f"{prog}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}")
+            return 128 + signum
+        except OSError as exc:  # a file problem no check foresaw: named, without a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            _say(f"{prog}: error: {where}{exc.strerror or exc}")
+            return 1
+
+
+def _say(message: str) -> None:
     try:
-        return args.run(args)
-    except UsageError as exc:
-        args.parser.print_usage(sys.stderr)
-        print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{args.parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

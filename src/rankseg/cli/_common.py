@@ -1,19 +1,21 @@
 """What every ``rankseg`` subcommand shares: usage errors, the error reporter, the progress bar,
-option parsers and the predictor built from the command's options."""
+option parsers, the predictor built from the command's options, and the checks of input folders
+and output paths."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from .._options import DEFAULT_SOLVER, resolve_options
 from .._predictor import RankSEG
-from .io import InputError
-
-PLOT_HINT = '--plot needs matplotlib: pip install "rankseg[plot]"'
+from .io import InputError, describe_os_error, split_suffix
 
 
 class UsageError(Exception):
@@ -27,38 +29,60 @@ class Reporter:
         self.prog = f"rankseg {command}"
         self.stream = stream or sys.stderr
         self.failed = 0
+        self.warned: set[str] = set()
 
     def error(self, message: str) -> None:
         self.failed += 1
         print(f"{self.prog}: error: {message}", file=self.stream, flush=True)
 
     def warn(self, message: str) -> None:
+        """Print a warning; the same warning again (another file, another worker) is not repeated."""
+        if message in self.warned:
+            return
+        self.warned.add(message)
         print(f"{self.prog}: warning: {message}", file=self.stream, flush=True)
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn in place; silent unless enabled."""
+    """A tqdm progress bar on stderr, one step per file: ``rankseg evaluate [####......] 2/5 case2``.
+
+    Silent unless ``enabled`` (see :func:`progress_enabled`) and there is something to count.
+    """
 
     def __init__(self, total: int, label: str, enabled: bool, stream: TextIO | None = None) -> None:
         self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.stream = stream or sys.stderr
         self.done = 0
-        self.width = 0
+        self._bar = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            class Bar(tqdm):
+                monitor_interval = 0  # no monitor thread (evaluate --workers forks worker processes)
+                name = ""  # the last file done, shown after the count
+
+                @property
+                def format_dict(self) -> dict:
+                    return {**super().format_dict, "name": self.name}
+
+            self._bar = Bar(
+                total=total,
+                desc=label,
+                file=stream or sys.stderr,
+                ascii=".#",
+                bar_format="{desc} [{bar:20}] {n_fmt}/{total_fmt} {name}  {elapsed}<{remaining}",
+            )
 
     def step(self, name: str) -> None:
+        """Count one more file done, ``name`` being the last one."""
         self.done += 1
-        if not self.enabled:
-            return
-        filled = round(20 * self.done / self.total)
-        line = f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {name}"
-        self.stream.write("\r" + line.ljust(self.width))
-        self.stream.flush()
-        self.width = len(line)
+        if self._bar is not None:
+            self._bar.name = name
+            self._bar.update(1)
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Draw the final state and end the line (when enabled and anything was counted)."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 def positive_int(text: str) -> int:
@@ -68,6 +92,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def int64(text: str) -> int:
+    """An integer that int64 label maps can hold (``--ignore-index``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from -2**63 to 2**63-1 (labels are read as int64); got {text}"
+        )
     return value
 
 
@@ -121,12 +158,115 @@ def predictor_from_args(
     return RankSEG(args.metric, args.smooth, output_mode, chosen, args.pruning_prob)
 
 
-def check_output(path: Path | None, force: bool) -> None:
-    if path is not None and not force and path.exists():
-        raise InputError(path, "exists; pass --force to overwrite it")
-    if path is not None and not path.parent.is_dir():
-        raise InputError(path, f"cannot be written: the folder {path.parent} does not exist")
+def stat_or_reason(path: Path) -> tuple[os.stat_result | None, str]:
+    """``os.stat(path)``, or None and why not (does not exist, name too long, symbolic link loop, ...)."""
+    try:
+        return os.stat(path), ""
+    except FileNotFoundError:
+        return None, "does not exist"
+    except OSError as exc:
+        return None, describe_os_error(exc)
+
+
+def is_folder(path: Path) -> bool:
+    info, _ = stat_or_reason(path)
+    return info is not None and stat.S_ISDIR(info.st_mode)
+
+
+def folder_entries(folder: Path, suffixes: tuple[str, ...], report: Reporter) -> list[Path]:
+    """The entries of ``folder`` named ``*{suffix}``, sorted, whatever they are (a folder, a FIFO or
+    a broken link so named is kept, to be reported by name when read). Hidden names (temporary
+    files) are left out; other entries are named in one warning."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        report.error(f"{folder}: cannot list the folder ({describe_os_error(exc)})")
+        return []
+    found, ignored = [], []
+    for name in names:
+        if name.startswith("."):
+            continue
+        if split_suffix(name)[1] in suffixes:
+            found.append(folder / name)
+        else:
+            ignored.append(name + ("/" if is_folder(folder / name) else ""))
+    if ignored:
+        report.warn(
+            f"ignored {len(ignored)} file(s) in {folder} that are not {', '.join(suffixes)}: "
+            + ", ".join(ignored)
+        )
+    return found
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)  # never raises: a symbolic link loop is left as it is
+
+
+def _places(path: Path) -> set[str]:
+    """Where writing ``path`` lands: the name in its real folder (a rename replaces a link there)
+    and, when it is a link, the file it points to."""
+    return {os.path.join(_real(path.parent), path.name), _real(path)}
+
+
+def _inside(place: str, folder: Path) -> bool:
+    outer = _real(folder)
+    return place == outer or place.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def check_outputs(outputs: dict[str, Path | None], input_folders: dict[str, Path], force: bool) -> None:
+    """Check output paths (``{"--json": path}``) before any work.
+
+    UsageError: an output lies inside an input folder (``{"--labels": path}``), itself or through a
+    symbolic link, with or without ``force``, or two options name one file. InputError: the output
+    exists (without ``force``), is a folder, or its folder does not exist.
+    """
+    given = {flag: path for flag, path in outputs.items() if path is not None}
+    seen: dict[str, str] = {}
+    for flag, path in given.items():
+        places = sorted(_places(path))
+        for place in places:
+            for option, folder in input_folders.items():
+                if _inside(place, folder):
+                    raise UsageError(
+                        f"{flag} {path} is inside the input folder {option} {folder}; "
+                        "write outputs outside the input folders"
+                    )
+            if place in seen:
+                raise UsageError(f"{seen[place]} and {flag} name the same file {path}")
+        seen.update(dict.fromkeys(places, flag))
+    for flag, path in given.items():
+        info, reason = stat_or_reason(path)
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise InputError(path, f"is a folder; {flag} needs the name of a file to write")
+        if info is not None and not force:
+            raise InputError(path, "exists; pass --force to overwrite it")
+        if info is None and reason != "does not exist":
+            raise InputError(path, f"cannot be written ({reason})")
+        if not is_folder(path.parent):
+            raise InputError(path, f"cannot be written: the folder {path.parent} does not exist")
+
+
+def prepare_out_folder(out: Path, input_folders: Iterable[Path]) -> None:
+    """Create ``--out`` (with its parents); UsageError when it cannot be, or lies among the inputs."""
+    for folder in input_folders:
+        if _inside(_real(out), folder):
+            raise UsageError(
+                f"--out {out} is inside the input folder {folder}; write the masks outside the input folders"
+            )
+    info, reason = stat_or_reason(out)
+    if info is not None:
+        if not stat.S_ISDIR(info.st_mode):
+            raise UsageError(f"--out {out} exists and is not a folder")
+        return
+    if reason != "does not exist":
+        raise UsageError(f"--out {out}: cannot create the folder ({reason})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = f" at {exc.filename}" if exc.filename and Path(exc.filename) != out else ""
+        raise UsageError(f"--out {out}: cannot create the folder ({describe_os_error(exc)}{where})") from None
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
-    return bool(args.progress) or sys.stderr.isatty()
+    """The progress bar is drawn when stderr is a terminal or ``--progress`` asks, never with ``--quiet``."""
+    return not args.quiet and (bool(args.progress) or sys.stderr.isatty())

@@ -10,7 +10,8 @@ optimality applies exactly.
 For every method (the argmax / 0.5-threshold baseline and each solver of :data:`SOLVERS`) the demo
 reports the expected Dice and IoU under the probabilities (:func:`rankseg.metrics.expected_dice`,
 :func:`rankseg.metrics.expected_iou`), the realised mDice^I / mIoU^I against the drawn labels,
-and the time; it writes a PNG figure of the masks.
+and the time; it writes a figure of the masks (:func:`rankseg.cli.figures.demo_figure`: PNG, PDF or
+SVG by the file suffix).
 """
 
 from __future__ import annotations
@@ -34,16 +35,7 @@ from .. import metrics
 from .._predictor import RankSEG
 from ..data import sample_labels, synthetic_probs
 from ._common import Reporter
-from ._png import encode_png
-from .figures import (
-    FigureRow,
-    bars_panel,
-    changed_panel,
-    compose,
-    label_panel,
-    probability_panel,
-    resize_nearest,
-)
+from .figures import DPI, DemoRow, demo_figure, figure_format, save_figure
 from .io import InputError, write_atomic
 
 __all__ = [
@@ -60,9 +52,6 @@ __all__ = [
 
 #: RankSEG solvers the demo compares with the baseline, in the order they are shown.
 SOLVERS = ("RMA", "exact")
-PANEL = 128  # figure panel size in pixels
-BAR_AREA = 100  # pixels of a bar of height 1.0
-BAR_COLOURS = ((140, 140, 140), (255, 255, 255), (120, 190, 255), (255, 200, 90))
 DEFAULT_NAME = "rankseg-demo"
 BACKGROUND_WEIGHT = 10.0  # class 0 covers about half of the pixels
 
@@ -242,49 +231,39 @@ def _table(cases: tuple[DemoCase, ...], results: list[list[MethodResult]]) -> st
     return "\n".join(lines)
 
 
-def _figure(cases: tuple[DemoCase, ...], results: list[list[MethodResult]]) -> np.ndarray:
-    """One row per 2-D image, the volume's middle slice and the JMLR map (see ``rankseg demo --help``)."""
-    shown = results[0][1].name  # the first RankSEG solver
+def figure_rows(cases: tuple[DemoCase, ...], results: list[list[MethodResult]]) -> list[DemoRow]:
+    """The figure's rows: each 2-D image, the volume's middle slice and the JMLR map, with the
+    baseline's and the first solver's masks and every method's Dice on that image."""
     rows = []
     for case, case_results in zip(cases, results, strict=True):
         probs = case.probs.double().numpy()
-        classes = probs.shape[1]
         multiclass = case.output_mode == "multiclass"
         base, rank = case_results[0].preds.numpy(), case_results[1].preds.numpy()
         for b in range(probs.shape[0]):
             p, pb, pr = probs[b], base[b], rank[b]
+            if not multiclass:  # (1, *spatial) masks of the one class
+                pb, pr = pb[0], pr[0]
             where = ""
             if p.ndim == 4:  # a volume: its middle slice along the first spatial axis
                 mid = p.shape[1] // 2
-                p, pb, pr = (
-                    p[:, mid],
-                    (pb[mid] if multiclass else pb[:, mid]),
-                    (pr[mid] if multiclass else pr[:, mid]),
-                )
-                where = f" (slice {mid} of {probs.shape[2]})"
-            if multiclass:
-                panels = [probability_panel(p), label_panel(pb, classes), label_panel(pr, classes)]
-                panels.append(changed_panel(pb, pr, classes))
-            else:
-                fg = np.stack([p[0]])
-                panels = [
-                    probability_panel(fg),
-                    label_panel(np.where(pb[0], 0, -1), 1),
-                    label_panel(np.where(pr[0], 0, -1), 1),
-                    changed_panel(pb[0], pr[0], 1),
-                ]
-            panels = [resize_nearest(x, PANEL) for x in panels]
-            bars = [(r.name, r.per_image_dice[b], BAR_COLOURS[i % 4]) for i, r in enumerate(case_results)]
-            panels.append(bars_panel(bars, PANEL, BAR_AREA))
-            label = case.name.split(",")[0] if probs.shape[0] == 1 else f"image {b + 1} of {case.name}"
-            dice = ", ".join(f"{r.name} {r.per_image_dice[b]:.3f}" for r in case_results)
-            rows.append(FigureRow(f"{label}{where} - Dice: {dice}", panels))
-    header = [
-        "rankseg demo: argmax (0.5 threshold for one class) vs RankSEG; labels drawn from the probabilities",
-        f"changed: pixels where {shown} differs from the baseline, in {shown}'s class colour (removed: grey)",
-    ]
-    titles = ["probabilities", "argmax / threshold", f"RankSEG ({shown})", "changed pixels", "Dice per image"]
-    return compose(header, titles, rows, PANEL)
+                p, pb, pr = p[:, mid], pb[mid], pr[mid]
+                where = f", slice {mid} of {probs.shape[2]}"
+            short = case.name.split(",")[0]
+            label = f"{short}{where}" if probs.shape[0] == 1 else f"image {b + 1} of {probs.shape[0]}"
+            dice = [(r.name, r.per_image_dice[b]) for r in case_results]
+            rows.append(DemoRow(label, p, pb, pr, dice))
+    return rows
+
+
+def _figure(cases: tuple[DemoCase, ...], results: list[list[MethodResult]]):
+    classes = max(case.probs.shape[1] for case in cases)
+    return demo_figure(
+        figure_rows(cases, results),
+        solver=results[0][1].name,
+        classes=classes,
+        title="rankseg demo: argmax (0.5 threshold for one class) against RankSEG, "
+        "labels drawn from the probabilities",
+    )
 
 
 def save_cases(cases: tuple[DemoCase, ...], folder: Path, force: bool = False) -> list[Path]:
@@ -313,11 +292,13 @@ def run_demo(
 ) -> Path:
     """Run the demo, print its table to ``stream`` (stdout) and write the figure; returns its path.
 
-    ``out``: the figure's path (default ``rankseg-demo.png`` in the current folder, numbered when
-    that exists). Raises :class:`rankseg.cli.io.InputError` when ``out`` exists and ``force`` is False.
+    ``out``: the figure's path, ``.png``, ``.pdf`` or ``.svg`` (default ``rankseg-demo.png`` in the
+    current folder, numbered when that exists). Raises ``ValueError`` for another suffix and
+    :class:`rankseg.cli.io.InputError` when ``out`` exists and ``force`` is False.
     """
     stream = stream or sys.stdout
     path = Path(out) if out is not None else _default_figure_path()
+    fmt = figure_format(path)
     if path.exists() and not force:
         raise InputError(path, "exists; pass --force to overwrite it")
     if not path.parent.is_dir():
@@ -348,10 +329,13 @@ def run_demo(
     ]
     print(f"mean Dice^I over the {len(cases)} data sets: " + ", ".join(parts), file=stream)
 
-    image = _figure(cases, results)
-    data = encode_png(image)
-    write_atomic(path, lambda f: f.write(data), force=force)
-    print(f"figure: {path} ({image.shape[1]} x {image.shape[0]} px)", file=stream)
+    fig = _figure(cases, results)
+    save_figure(fig, path, force=force)
+    width, height = fig.get_size_inches()
+    size = (
+        f"{round(width * DPI)} x {round(height * DPI)} px" if fmt == "png" else f"{width:g} x {height:g} in"
+    )
+    print(f"figure: {path} ({size})", file=stream)
     if save_data is not None:
         written = save_cases(cases, Path(save_data), force=force)
         print(

@@ -1,7 +1,7 @@
 """``rankseg evaluate``: the per-file work (load and check maps, predict, count, summarise) and the command.
 
-Module-level functions and plain data only, so that ``rankseg evaluate --workers N`` can hand
-them to worker processes.
+Module-level functions and plain data only, so that :mod:`rankseg.cli._runner` can run
+:func:`evaluate_pair` here or in worker processes (``--workers N``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import csv
 import io
 import json
 import math
-import os
+import stat
 import time
+import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,26 @@ import torch
 from .._predictor import RankSEG
 from ..metrics import SegmentationCounts, score_from_counts, segmentation_counts
 from ._common import (
-    PLOT_HINT,
     Progress,
     Reporter,
     UsageError,
-    check_output,
+    check_outputs,
+    folder_entries,
     predictor_from_args,
     progress_enabled,
+    stat_or_reason,
 )
-from .figures import plot_gains, pyplot
-from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES, InputError, read_array, split_suffix, write_atomic
+from ._runner import TaskFailed, executor_from_args, run_tasks
+from .figures import plot_gains
+from .io import (
+    ARRAY_SUFFIXES,
+    LABEL_SUFFIXES,
+    InputError,
+    atomic_group,
+    read_array,
+    split_suffix,
+    write_atomic,
+)
 
 __all__ = [
     "EvalTask",
@@ -63,6 +73,12 @@ def load_probs(path: Path, *, logits: bool = False, activation: str | None = Non
         raise InputError(
             path, f"has shape {arr.shape}; expected (classes, *spatial) with the class axis first"
         )
+    if 0 in arr.shape:
+        raise InputError(
+            path,
+            f"has shape {arr.shape}, with an empty axis; expected (classes, *spatial) with at least "
+            "one class and one pixel",
+        )
     if not np.isfinite(arr).all():
         raise InputError(path, "contains NaN or infinite values")
     if logits:
@@ -84,25 +100,22 @@ def load_probs(path: Path, *, logits: bool = False, activation: str | None = Non
     return arr, like
 
 
-def load_labels(path: Path, probs_path: Path, probs_shape: tuple[int, ...], multiclass: bool) -> np.ndarray:
-    """Integer labels of ``path`` checked against the probabilities' shape.
+def load_labels(
+    path: Path,
+    probs_path: Path,
+    probs_shape: tuple[int, ...],
+    multiclass: bool,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """Integer labels of ``path`` checked against the probabilities' shape, as int64.
 
-    Multiclass: ``(*spatial)`` class indices. Multilabel: ``(classes, *spatial)`` 0/1 masks, or
-    ``(*spatial)`` for a single class.
+    Multiclass: ``(*spatial)`` class indices in ``[0, classes)``. Multilabel: ``(classes, *spatial)``
+    0/1 masks, or ``(*spatial)`` for a single class. ``ignore_index`` may appear anywhere. A value
+    outside these is reported as stored (no int64 wrap-around), at its first position.
     """
     arr, _ = read_array(path, "labels")
-    if arr.dtype.kind == "b":
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not np.equal(np.floor(arr), arr).all():
-            raise InputError(
-                path, f"holds non-integer {arr.dtype} values; label maps must hold class indices"
-            )
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind in "iu":
-        arr = arr.astype(np.int64)
-    else:
-        raise InputError(path, f"holds {arr.dtype} values; label maps must hold integer class indices")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and np.equal(np.floor(arr), arr).all()):
+        raise InputError(path, f"holds non-integer {arr.dtype} values; label maps must hold class indices")
     spatial = tuple(probs_shape[1:])
     if multiclass:
         expected = spatial
@@ -117,7 +130,18 @@ def load_labels(path: Path, probs_path: Path, probs_shape: tuple[int, ...], mult
             f"has shape {arr.shape} but the probabilities {probs_path} have shape {tuple(probs_shape)} "
             f"(classes, *spatial); the labels must be {what} of shape {expected}",
         )
-    return arr
+    top = probs_shape[0] - 1 if multiclass else 1
+    bad = (arr < 0) | (arr > top)  # compared in the stored dtype: uint64 and float values stay exact
+    if ignore_index is not None:
+        bad &= arr != ignore_index
+    if bad.any():
+        value = arr.flat[int(np.flatnonzero(bad)[0])]
+        value = int(value) if arr.dtype.kind != "b" else int(bool(value))
+        also = f" or --ignore-index {ignore_index}" if ignore_index is not None else ""
+        if multiclass:
+            raise InputError(path, f"holds the label {value}; labels must lie in [0, {top}]{also}")
+        raise InputError(path, f"holds the value {value}; multilabel masks must hold 0 or 1{also}")
+    return arr.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,7 @@ class PairResult:
     counts: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def baseline_masks(probs: torch.Tensor, multiclass: bool) -> torch.Tensor:
@@ -157,6 +182,14 @@ def baseline_masks(probs: torch.Tensor, multiclass: bool) -> torch.Tensor:
 
 def evaluate_pair(task: EvalTask) -> PairResult:
     """Baseline and every RankSEG solver on one pair; a failure is returned as ``error``, not raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _evaluate_pair(task)
+    result.warnings = tuple(dict.fromkeys(str(w.message) for w in caught))
+    return result
+
+
+def _evaluate_pair(task: EvalTask) -> PairResult:
     result = PairResult(task.name)
     try:
         probs_np, _ = load_probs(task.probs_path, logits=task.logits, activation=task.activation)
@@ -174,7 +207,7 @@ def evaluate_pair(task: EvalTask) -> PairResult:
                 f"has one class channel (shape {probs_np.shape}); "
                 "--output-mode multiclass needs at least two",
             )
-        labels = load_labels(task.labels_path, task.probs_path, probs_np.shape, multiclass)
+        labels = load_labels(task.labels_path, task.probs_path, probs_np.shape, multiclass, task.ignore_index)
         probs = torch.from_numpy(probs_np)
         result.num_classes = classes
         result.baseline = "argmax" if multiclass else "threshold"
@@ -375,27 +408,21 @@ def summary_csv(summary: Summary) -> str:
 
 
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...], what: str, report: Reporter) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise UsageError(f"--{what} {folder} is not a folder")
     found: dict[str, Path] = {}
-    skipped = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        stem, suffix = split_suffix(path)
-        if suffix not in suffixes:
-            skipped.append(path.name)
-            continue
+    for path in folder_entries(folder, suffixes, report):
+        stem = split_suffix(path)[0]
         if stem in found:
             report.error(f"{path}: has the same name as {found[stem]}; keep one file per image in --{what}")
             continue
         found[stem] = path
-    if skipped:
-        report.warn(
-            f"ignored {len(skipped)} file(s) in {folder} that are not {', '.join(suffixes)}: "
-            + ", ".join(skipped)
-        )
     return found
+
+
+def _input_folder(folder: Path, flag: str) -> Path:
+    info, reason = stat_or_reason(folder)
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{flag} {folder} is not a folder" + (f" ({reason})" if info is None else ""))
+    return folder
 
 
 def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
@@ -414,17 +441,13 @@ def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
 def run_command(args: argparse.Namespace) -> int:
     report = Reporter("evaluate")
     solvers = _solver_list(args, report)
-    plt = None
+    inputs = {"--probs": _input_folder(args.probs, "--probs")}
+    inputs["--labels"] = _input_folder(args.labels, "--labels")
+    outputs = {"--json": args.json, "--csv": args.csv, "--plot": args.plot}
     try:
-        for path in (args.json, args.csv, args.plot):
-            check_output(path, args.force)
-        if args.plot is not None:
-            plt = pyplot()
+        check_outputs(outputs, inputs, args.force)
     except InputError as exc:
         report.error(str(exc))
-        return 1
-    except ImportError:
-        report.error(PLOT_HINT)
         return 1
 
     probs = _files_by_stem(args.probs, ARRAY_SUFFIXES, "probs", report)
@@ -456,8 +479,22 @@ def run_command(args: argparse.Namespace) -> int:
             f"{len(unused)} label file(s) have no probability map and were skipped: {', '.join(unused)}"
         )
 
-    results = _run_tasks(
-        tasks, args.workers, Progress(len(tasks), "rankseg evaluate", progress_enabled(args))
+    results: list[PairResult] = []
+
+    def collect(index: int, outcome: PairResult | TaskFailed) -> None:
+        if isinstance(outcome, TaskFailed):
+            outcome = PairResult(tasks[index].name, error=f"{tasks[index].probs_path}: {outcome.reason}")
+        for message in outcome.warnings:
+            report.warn(message)
+        results.append(outcome)
+
+    run_tasks(
+        evaluate_pair,
+        tasks,
+        executor_from_args(args, len(tasks), report.warn),
+        names=[task.name for task in tasks],
+        progress=Progress(len(tasks), "rankseg evaluate", progress_enabled(args)),
+        handle=collect,
     )
     good: list[PairResult] = []
     failed: dict[str, str] = {}
@@ -480,12 +517,6 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
 
     summary = summarise(good, args.smooth)
-    print(
-        f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
-        f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
-    )
-    print()
-    print(format_table(summary))
     extra = {
         "probs": str(args.probs),
         "labels": str(args.labels),
@@ -494,49 +525,26 @@ def run_command(args: argparse.Namespace) -> int:
         "ignore_index": args.ignore_index,
     }
     saved = []
-    try:
-        if args.json is not None:
-            text = summary_json(summary, failed, extra).encode()
-            saved.append(write_atomic(args.json, lambda f: f.write(text), force=args.force))
-        if args.csv is not None:
-            text_csv = summary_csv(summary).encode()
-            saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
-        if plt is not None:
-            saved.append(plot_gains(plt, summary, args.plot, args.force))
+    try:  # written before the table is printed: a closed stdout ('| head') does not lose them
+        with atomic_group():  # the results files all appear, or none
+            if args.json is not None:
+                text = summary_json(summary, failed, extra).encode()
+                saved.append(write_atomic(args.json, lambda f: f.write(text), force=args.force))
+            if args.csv is not None:
+                text_csv = summary_csv(summary).encode()
+                saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
+            if args.plot is not None:
+                saved.append(plot_gains(summary, args.plot, args.force))
     except InputError as exc:
         report.error(str(exc))
-    except OSError as exc:
-        report.error(f"{exc.filename or 'output'}: cannot be written ({exc.strerror or exc})")
-    for path in saved:
-        print(f"saved {path}")
+        saved = []
+    print(
+        f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
+        f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
+    )
+    print()
+    print(format_table(summary), flush=True)
+    if not args.quiet:
+        for path in saved:
+            print(f"saved {path}", flush=True)
     return 1 if report.failed else 0
-
-
-def _set_worker_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _run_tasks(tasks: list[EvalTask], workers: int, progress: Progress) -> list[PairResult]:
-    """Results in the order of ``tasks``; in ``workers`` processes when more than one."""
-    results: list[PairResult | None] = [None] * len(tasks)
-    if workers == 1 or len(tasks) <= 1:
-        for i, task in enumerate(tasks):
-            results[i] = evaluate_pair(task)
-            progress.step(task.name)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(
-            max_workers=workers, initializer=_set_worker_threads, initargs=(threads,)
-        ) as pool:
-            futures = {pool.submit(evaluate_pair, task): i for i, task in enumerate(tasks)}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    results[i] = future.result()
-                except Exception as exc:  # a worker that died: report the file
-                    results[i] = PairResult(
-                        tasks[i].name, error=f"{tasks[i].probs_path}: worker failed ({exc})"
-                    )
-                progress.step(tasks[i].name)
-    progress.close()
-    return [r for r in results if r is not None]

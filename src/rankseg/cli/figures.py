@@ -1,282 +1,269 @@
-"""Raster figures with NumPy alone: colour panels, bar panels and 5x7 bitmap text.
+"""The command line's figures, drawn by matplotlib: the demo figure and ``evaluate --plot``.
 
-Used by ``rankseg demo`` so that its figure needs no plotting library; :func:`compose` lays panels
-out in rows under one caption each, and the result is written with :func:`rankseg.cli._png.encode_png`.
+Both share one look (:data:`STYLE`, class colours :data:`PALETTE`, method colours
+:data:`METHOD_COLOURS`) and are written atomically in the format the file suffix names
+(:data:`FIGURE_FORMATS`: PNG, PDF or SVG). Figures are built on :class:`matplotlib.figure.Figure`
+directly, never through ``pyplot``, so that calling them from Python leaves matplotlib's global state
+(backend, open figures) alone.
 """
 
 from __future__ import annotations
 
-import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .io import write_atomic
+from .io import split_suffix, write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
-    "CHANGED_COLOUR_REMOVED",
+    "FIGURE_FORMATS",
+    "METHOD_COLOURS",
     "PALETTE",
-    "FigureRow",
-    "bars_panel",
-    "changed_panel",
-    "compose",
-    "draw_text",
-    "label_panel",
-    "probability_panel",
-    "resize_nearest",
-    "text_width",
+    "DemoRow",
+    "demo_figure",
+    "figure_format",
+    "gains_figure",
+    "plot_gains",
+    "save_figure",
 ]
 
+#: File suffix -> matplotlib output format.
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+DPI = 100  # pixels per inch of PNG figures
 # Distinct class colours (Trubetskoy's list); class k gets PALETTE[k % 12].
-PALETTE = np.array(
-    [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-    ],
-    dtype=np.uint8,
+PALETTE = (
+    "#e6194b",
+    "#3cb44b",
+    "#ffe119",
+    "#0082c8",
+    "#f58230",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#d2f53c",
+    "#fabed4",
+    "#008080",
+    "#dcbeff",
 )
-CHANGED_COLOUR_REMOVED = (110, 110, 110)  # a foreground pixel RankSEG removes (one-class maps)
-TEXT = (235, 235, 235)
-BACKGROUND = (24, 24, 24)
-
-_GLYPHS = {
-    "A": ".###.|#...#|#...#|#####|#...#|#...#|#...#",
-    "B": "####.|#...#|#...#|####.|#...#|#...#|####.",
-    "C": ".###.|#...#|#....|#....|#....|#...#|.###.",
-    "D": "####.|#...#|#...#|#...#|#...#|#...#|####.",
-    "E": "#####|#....|#....|####.|#....|#....|#####",
-    "F": "#####|#....|#....|####.|#....|#....|#....",
-    "G": ".###.|#...#|#....|#.###|#...#|#...#|.####",
-    "H": "#...#|#...#|#...#|#####|#...#|#...#|#...#",
-    "I": ".###.|..#..|..#..|..#..|..#..|..#..|.###.",
-    "J": "..###|...#.|...#.|...#.|...#.|#..#.|.##..",
-    "K": "#...#|#..#.|#.#..|##...|#.#..|#..#.|#...#",
-    "L": "#....|#....|#....|#....|#....|#....|#####",
-    "M": "#...#|##.##|#.#.#|#.#.#|#...#|#...#|#...#",
-    "N": "#...#|#...#|##..#|#.#.#|#..##|#...#|#...#",
-    "O": ".###.|#...#|#...#|#...#|#...#|#...#|.###.",
-    "P": "####.|#...#|#...#|####.|#....|#....|#....",
-    "Q": ".###.|#...#|#...#|#...#|#.#.#|#..#.|.##.#",
-    "R": "####.|#...#|#...#|####.|#.#..|#..#.|#...#",
-    "S": ".####|#....|#....|.###.|....#|....#|####.",
-    "T": "#####|..#..|..#..|..#..|..#..|..#..|..#..",
-    "U": "#...#|#...#|#...#|#...#|#...#|#...#|.###.",
-    "V": "#...#|#...#|#...#|#...#|#...#|.#.#.|..#..",
-    "W": "#...#|#...#|#...#|#.#.#|#.#.#|#.#.#|.#.#.",
-    "X": "#...#|#...#|.#.#.|..#..|.#.#.|#...#|#...#",
-    "Y": "#...#|#...#|.#.#.|..#..|..#..|..#..|..#..",
-    "Z": "#####|....#|...#.|..#..|.#...|#....|#####",
-    "0": ".###.|#...#|#..##|#.#.#|##..#|#...#|.###.",
-    "1": "..#..|.##..|..#..|..#..|..#..|..#..|.###.",
-    "2": ".###.|#...#|....#|...#.|..#..|.#...|#####",
-    "3": "#####|...#.|..#..|...#.|....#|#...#|.###.",
-    "4": "...#.|..##.|.#.#.|#..#.|#####|...#.|...#.",
-    "5": "#####|#....|####.|....#|....#|#...#|.###.",
-    "6": "..##.|.#...|#....|####.|#...#|#...#|.###.",
-    "7": "#####|....#|...#.|..#..|.#...|.#...|.#...",
-    "8": ".###.|#...#|#...#|.###.|#...#|#...#|.###.",
-    "9": ".###.|#...#|#...#|.####|....#|...#.|.##..",
-    " ": ".....|.....|.....|.....|.....|.....|.....",
-    ".": ".....|.....|.....|.....|.....|.##..|.##..",
-    ",": ".....|.....|.....|.....|.##..|..#..|.#...",
-    ":": ".....|.##..|.##..|.....|.##..|.##..|.....",
-    ";": ".....|.##..|.##..|.....|.##..|..#..|.#...",
-    "-": ".....|.....|.....|#####|.....|.....|.....",
-    "+": ".....|..#..|..#..|#####|..#..|..#..|.....",
-    "=": ".....|.....|#####|.....|#####|.....|.....",
-    "(": "...#.|..#..|.#...|.#...|.#...|..#..|...#.",
-    ")": ".#...|..#..|...#.|...#.|...#.|..#..|.#...",
-    "[": ".###.|.#...|.#...|.#...|.#...|.#...|.###.",
-    "]": ".###.|...#.|...#.|...#.|...#.|...#.|.###.",
-    "/": ".....|....#|...#.|..#..|.#...|#....|.....",
-    "%": "##...|##..#|...#.|..#..|.#...|#..##|...##",
-    "^": "..#..|.#.#.|#...#|.....|.....|.....|.....",
-    "*": ".....|..#..|#.#.#|.###.|#.#.#|..#..|.....",
-    ">": ".#...|..#..|...#.|....#|...#.|..#..|.#...",
-    "<": "...#.|..#..|.#...|#....|.#...|..#..|...#.",
-    "_": ".....|.....|.....|.....|.....|.....|#####",
-    "'": "..#..|..#..|.#...|.....|.....|.....|.....",
-    "?": ".###.|#...#|....#|...#.|..#..|.....|..#..",
-    "!": "..#..|..#..|..#..|..#..|..#..|.....|..#..",
+REMOVED_COLOUR = "#8c8c8c"  # a foreground pixel RankSEG removes (one-class maps)
+EMPTY_COLOUR = "#000000"  # no class / unchanged pixel
+PROBABILITY_CMAP = "magma"
+#: The baseline (argmax / threshold) first, then the RankSEG solvers in the order shown.
+METHOD_COLOURS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "rankseg",  # the same SVG ids on every run
 }
-FONT = {ch: np.array([[c == "#" for c in row] for row in rows.split("|")]) for ch, rows in _GLYPHS.items()}
-GLYPH_W, GLYPH_H, ADVANCE = 5, 7, 6
 
 
-def text_width(text: str) -> int:
-    """Width in pixels of ``text`` drawn by :func:`draw_text`."""
-    return max(0, len(text) * ADVANCE - 1)
+def figure_format(path: os.PathLike | str) -> str:
+    """The matplotlib format for ``path``'s suffix; ``ValueError`` for any other suffix.
 
-
-def draw_text(canvas: np.ndarray, x: int, y: int, text: str, colour: Sequence[int] = TEXT) -> None:
-    """Draw ``text`` (upper-cased; unknown characters as ``?``) with its top-left corner at ``(x, y)``.
-
-    Characters falling outside the canvas are clipped.
+    >>> figure_format("fig.PDF"), figure_format("out/demo.png")
+    ('pdf', 'png')
     """
-    height, width = canvas.shape[:2]
-    for i, ch in enumerate(text.upper()):
-        glyph = FONT.get(ch, FONT["?"])
-        x0 = x + i * ADVANCE
-        if x0 >= width:
-            break
-        ys, xs = np.nonzero(glyph)
-        keep = (y + ys < height) & (x0 + xs < width) & (y + ys >= 0) & (x0 + xs >= 0)
-        canvas[y + ys[keep], x0 + xs[keep]] = colour
+    suffix = split_suffix(path)[1]
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(
+            f"{path}: unsupported figure format {suffix or '(no suffix)'!r}; "
+            f"expected a file name ending in {', '.join(FIGURE_FORMATS)}"
+        )
+    return FIGURE_FORMATS[suffix]
 
 
-def resize_nearest(image: np.ndarray, size: int) -> np.ndarray:
-    """A ``(size, size, ...)`` nearest-neighbour resampling of a ``(H, W, ...)`` image."""
-    rows = np.arange(size) * image.shape[0] // size
-    cols = np.arange(size) * image.shape[1] // size
-    return image[rows][:, cols]
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def class_colours(classes: int) -> np.ndarray:
-    """``(classes, 3)`` uint8 colours."""
-    return PALETTE[np.arange(classes) % len(PALETTE)]
+def save_figure(fig: Figure, path: os.PathLike | str, force: bool = False) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names (see :func:`figure_format`).
 
-
-def probability_panel(probs: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` probabilities as RGB: the most probable class's colour, dimmed by its probability."""
-    top = probs.argmax(axis=0)
-    confidence = probs.max(axis=0)
-    rgb = class_colours(probs.shape[0])[top].astype(np.float64) * confidence[..., None]
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def label_panel(labels: np.ndarray, classes: int) -> np.ndarray:
-    """``(H, W)`` class indices as RGB (a value outside the classes is black)."""
-    rgb = np.zeros((*labels.shape, 3), np.uint8)
-    valid = (labels >= 0) & (labels < classes)
-    rgb[valid] = class_colours(classes)[labels[valid]]
-    return rgb
-
-
-def changed_panel(before: np.ndarray, after: np.ndarray, classes: int) -> np.ndarray:
-    """Pixels where ``after`` differs from ``before`` in ``after``'s class colour, black elsewhere.
-
-    For one-class masks (``classes == 1``, bool): pixels ``after`` adds in the class colour, pixels
-    it removes in grey.
+    PNG figures are ``figsize * DPI`` pixels. Without ``force`` an existing file is left alone
+    (:class:`rankseg.cli.io.OutputExistsError`).
     """
-    rgb = np.zeros((*before.shape, 3), np.uint8)
-    if classes == 1:
-        rgb[after & ~before] = PALETTE[0]
-        rgb[before & ~after] = CHANGED_COLOUR_REMOVED
-        return rgb
-    changed = before != after
-    return np.where(changed[..., None], label_panel(after, classes), rgb)
+    import matplotlib
+
+    fmt = figure_format(path)
+    with matplotlib.rc_context(STYLE):
+        return write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI), force=force)
 
 
-def bars_panel(values: Sequence[tuple[str, float, Sequence[int]]], size: int, bar_area: int) -> np.ndarray:
-    """A ``(size, size, 3)`` bar chart: one bar per ``(name, value in [0, 1], colour)``.
-
-    A value ``v`` is a bar ``round(v * bar_area)`` pixels tall standing on a baseline 10 pixels
-    above the bottom; its value (3 decimals) is written above it and its name below.
-    """
-    panel = np.zeros((size, size, 3), np.uint8)
-    panel[:] = BACKGROUND
-    n = len(values)
-    slot = size // max(n, 1)
-    bar_w = max(4, slot - 10)
-    base = size - 10
-    panel[base, :] = (90, 90, 90)
-    for i, (name, value, colour) in enumerate(values):
-        x0 = i * slot + (slot - bar_w) // 2
-        if np.isfinite(value):
-            height = round(min(max(value, 0.0), 1.0) * bar_area)
-            panel[base - height : base, x0 : x0 + bar_w] = colour
-            label = f"{value:.3f}".lstrip("0") if value < 1 else "1.00"
-            draw_text(panel, x0 + (bar_w - text_width(label)) // 2, base - height - 9, label, (200, 200, 200))
-        short = name[:4]
-        draw_text(panel, x0 + (bar_w - text_width(short)) // 2, base + 2, short, (200, 200, 200))
-    return panel
+# ------------------------------------------------------------------------------ the demo figure
 
 
 @dataclass(frozen=True)
-class FigureRow:
-    """One row of the figure: a caption over ``(size, size, 3)`` panels."""
+class DemoRow:
+    """One row of the demo figure: an image (or a volume's slice), its masks and per-method Dice.
 
-    caption: str
-    panels: Sequence[np.ndarray]
-
-
-MARGIN, GAP, LINE = 6, 6, 11
-
-
-def compose(header: Sequence[str], titles: Sequence[str], rows: Sequence[FigureRow], size: int) -> np.ndarray:
-    """Lay out header lines, column titles and rows of panels on a dark canvas; returns RGB uint8.
-
-    Width ``2*MARGIN + n*size + (n-1)*GAP`` for ``n`` panels per row; height
-    ``2*MARGIN + (len(header) + 1)*LINE + len(rows)*(LINE + size + GAP) - GAP``.
+    ``probs`` is ``(classes, H, W)``; ``baseline`` and ``rankseg`` are ``(H, W)`` class indices
+    (``classes > 1``) or ``(H, W)`` bool foreground masks (``classes == 1``); ``dice`` holds
+    ``(method, Dice of this image)`` with the baseline first.
     """
-    n = len(titles)
-    width = 2 * MARGIN + n * size + (n - 1) * GAP
-    height = 2 * MARGIN + (len(header) + 1) * LINE + len(rows) * (LINE + size + GAP) - GAP
-    canvas = np.zeros((height, width, 3), np.uint8)
-    canvas[:] = BACKGROUND
-    y = MARGIN
-    for line in header:
-        draw_text(canvas, MARGIN, y + 2, line)
-        y += LINE
-    for j, title in enumerate(titles):
-        draw_text(canvas, MARGIN + j * (size + GAP), y + 2, title)
-    y += LINE
-    for row in rows:
-        draw_text(canvas, MARGIN, y + 2, row.caption, (255, 255, 160))
-        y += LINE
-        for j, panel in enumerate(row.panels):
-            x = MARGIN + j * (size + GAP)
-            canvas[y : y + size, x : x + size] = panel
-        y += size + GAP
-    return canvas
+
+    label: str
+    probs: np.ndarray
+    baseline: np.ndarray
+    rankseg: np.ndarray
+    dice: Sequence[tuple[str, float]]
 
 
-# ------------------------------------------------------------------ evaluate --plot (matplotlib)
+def _class_rgb(classes: int) -> np.ndarray:
+    from matplotlib.colors import to_rgb
+
+    return np.array([to_rgb(PALETTE[k % len(PALETTE)]) for k in range(classes)])
 
 
-def pyplot():
+def _label_rgb(labels: np.ndarray, classes: int) -> np.ndarray:
+    """``(H, W, 3)`` floats: each pixel in its class colour; no class (or background of a one-class
+    mask) black."""
+    rgb = np.zeros((*labels.shape, 3))
+    if labels.dtype == bool:
+        rgb[labels] = _class_rgb(1)[0]
+        return rgb
+    valid = (labels >= 0) & (labels < classes)
+    rgb[valid] = _class_rgb(classes)[labels[valid]]
+    return rgb
+
+
+def _changed_rgb(before: np.ndarray, after: np.ndarray, classes: int) -> np.ndarray:
+    """Pixels where ``after`` differs from ``before`` in ``after``'s colour (one class: removed
+    pixels grey), black elsewhere."""
+    from matplotlib.colors import to_rgb
+
+    if before.dtype == bool:
+        rgb = np.zeros((*before.shape, 3))
+        rgb[after & ~before] = _class_rgb(1)[0]
+        rgb[before & ~after] = to_rgb(REMOVED_COLOUR)
+        return rgb
+    return np.where((before != after)[..., None], _label_rgb(after, classes), 0.0)
+
+
+def _image_axes(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def demo_figure(rows: Sequence[DemoRow], solver: str, classes: int, title: str) -> Figure:
+    """The demo figure: one row per :class:`DemoRow`, five titled panels per row.
+
+    Panels: the probability of the most likely class (one class: the foreground probability) on
+    one colour scale with a colour bar; the baseline's mask and RankSEG's (``solver``) in the class
+    colours; the pixels RankSEG changes; and a bar per method with its Dice on that image. A legend
+    gives the colour of each class id (``classes``) and of removed pixels.
+    """
+    import matplotlib
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    titles = (
+        "probabilities",
+        "argmax / threshold",
+        f"RankSEG ({solver})",
+        "changed pixels",
+        "Dice per image",
+    )
+    norm = Normalize(0.0, 1.0)
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(13.0, 2.3 * len(rows) + 1.2)
+        axes = fig.subplots(len(rows), len(titles), squeeze=False)
+        image = None
+        for r, row in enumerate(rows):
+            one_class = row.probs.shape[0] == 1
+            confidence = row.probs[0] if one_class else row.probs.max(axis=0)
+            panels = (
+                _label_rgb(row.baseline, row.probs.shape[0]),
+                _label_rgb(row.rankseg, row.probs.shape[0]),
+                _changed_rgb(row.baseline, row.rankseg, row.probs.shape[0]),
+            )
+            image = axes[r, 0].imshow(confidence, cmap=PROBABILITY_CMAP, norm=norm, interpolation="nearest")
+            for c, rgb in enumerate(panels, start=1):
+                axes[r, c].imshow(rgb, interpolation="nearest")
+            for c in range(4):
+                _image_axes(axes[r, c])
+                if r == 0:
+                    axes[r, c].set_title(titles[c])
+            axes[r, 0].set_ylabel(row.label)
+            _dice_bars(axes[r, 4], row.dice)
+            if r == 0:
+                axes[r, 4].set_title(titles[4])
+        fig.colorbar(
+            image,
+            ax=axes[:, 0].tolist(),
+            location="left",
+            shrink=0.5,
+            label="probability (most likely class; one class: foreground)",
+        )
+        legend = [Patch(facecolor=PALETTE[k % len(PALETTE)], label=f"class {k}") for k in range(classes)]
+        legend.append(Patch(facecolor=REMOVED_COLOUR, label="removed by RankSEG (one class)"))
+        legend.append(Patch(facecolor=EMPTY_COLOUR, label="no class / unchanged"))
+        fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), frameon=False)
+        fig.suptitle(title)
+    return fig
+
+
+def _dice_bars(ax: Any, dice: Sequence[tuple[str, float]]) -> None:
+    names = [name for name, _ in dice]
+    values = np.array([value for _, value in dice], dtype=float)
+    colours = [METHOD_COLOURS[i % len(METHOD_COLOURS)] for i in range(len(dice))]
+    bars = ax.bar(names, np.nan_to_num(values), color=colours, width=0.7)
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=2, fontsize=9)
+    ax.set_ylim(0.0, 1.15)
+    ax.set_yticks([0.0, 0.5, 1.0])
+
+
+# ------------------------------------------------------------------------------ evaluate --plot
+
+
+def gains_figure(summary: Any) -> Figure:
+    """Per-image Dice gain of every RankSEG solver over the baseline, sorted, one line per solver.
+
+    ``summary`` is a :class:`rankseg.cli.evaluate.Summary`. The figure is 800 x 400 pixels as PNG.
+    """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_gains(plt, summary, path: Path, force: bool) -> Path:
     base = np.asarray(summary.per_image[summary.baseline], dtype=float)
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    for method in summary.methods:
-        if method == summary.baseline:
-            continue
-        gains = np.sort(np.asarray(summary.per_image[method], dtype=float) - base)[::-1]
-        ax.plot(
-            np.arange(1, gains.size + 1),
-            gains,
-            marker="o",
-            ms=3,
-            label=f"{method} (mean {np.nanmean(gains):+.4f})",
-        )
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xlabel("image (sorted by gain)")
-    ax.set_ylabel(f"per-image mDice gain over {summary.baseline}")
-    ax.set_title(f"RankSEG against {summary.baseline}: {len(base)} image(s)")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    data = buf.getvalue()
-    return write_atomic(path, lambda f: f.write(data), force=force)
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(8.0, 4.0)
+        ax = fig.subplots()
+        for i, method in enumerate(summary.methods):
+            if method == summary.baseline:
+                continue
+            gains = np.sort(np.asarray(summary.per_image[method], dtype=float) - base)[::-1]
+            ax.plot(
+                np.arange(1, gains.size + 1),
+                gains,
+                marker="o",
+                ms=3,
+                color=METHOD_COLOURS[i % len(METHOD_COLOURS)],
+                label=f"{method} (mean {np.nanmean(gains):+.4f})",
+            )
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("image (sorted by gain)")
+        ax.set_ylabel(f"per-image mDice gain over {summary.baseline}")
+        ax.set_title(f"RankSEG against {summary.baseline}: {len(base)} image(s)")
+        ax.legend()
+    return fig
+
+
+def plot_gains(summary: Any, path: os.PathLike | str, force: bool = False) -> Path:
+    """Write :func:`gains_figure` to ``path`` (PNG, PDF or SVG by its suffix); returns the path."""
+    return save_figure(gains_figure(summary), path, force=force)

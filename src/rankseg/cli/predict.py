@@ -1,116 +1,207 @@
-"""``rankseg predict``: RankSEG masks for saved probability maps."""
+"""``rankseg predict``: RankSEG masks for saved probability maps.
+
+The per-file work (:func:`predict_file` on a :class:`PredictTask`) is a module-level function of
+plain data, so that :mod:`rankseg.cli._runner` can run it here or in worker processes.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .._options import DEFAULT_SOLVER
 from .._predictor import RankSEG
-from ._common import Progress, Reporter, UsageError, predictor_from_args, progress_enabled
+from ._common import (
+    Progress,
+    Reporter,
+    folder_entries,
+    is_folder,
+    predictor_from_args,
+    prepare_out_folder,
+    progress_enabled,
+)
+from ._runner import TaskFailed, executor_from_args, run_tasks
 from .evaluate import load_probs
-from .io import ARRAY_SUFFIXES, InputError, split_suffix, write_mask
+from .io import (
+    ARRAY_SUFFIXES,
+    InputError,
+    OutputExistsError,
+    atomic_group,
+    read_array,
+    split_suffix,
+    write_mask,
+)
+
+__all__ = ["PredictResult", "PredictTask", "predict_file"]
 
 
-def _expand_inputs(inputs: Iterable[str], report: Reporter) -> list[Path]:
+@dataclass(frozen=True)
+class PredictTask:
+    """One probability file, where its mask goes, and RankSEG's options."""
+
+    path: Path
+    target: Path  # --out / name + the input's suffix
+    metric: str = "dice"
+    smooth: float = 0.0
+    pruning_prob: float = 0.5
+    solver: str = DEFAULT_SOLVER  # as the user gave it (DEFAULT_SOLVER when not given)
+    output_mode: str | None = None  # None: multiclass for several classes, multilabel for one
+    logits: bool = False
+    activation: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """The line to print for a file written, or the error; and the warnings raised on the way."""
+
+    line: str | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def predict_file(task: PredictTask) -> PredictResult:
+    """Write the masks of one file (all of its outputs or none); problems are returned, not raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            line, error = _predict(task), None
+        except InputError as exc:
+            line, error = None, str(exc)
+        except Exception as exc:  # named, reported, and the batch goes on
+            line, error = None, f"{task.path}: {type(exc).__name__}: {exc}"
+    return PredictResult(line, error, tuple(dict.fromkeys(str(w.message) for w in caught)))
+
+
+def _predict(task: PredictTask) -> str:
+    probs, like = load_probs(task.path, logits=task.logits, activation=task.activation)
+    classes = probs.shape[0]
+    mode = task.output_mode or ("multiclass" if classes > 1 else "multilabel")
+    outputs = [task.target]
+    if mode == "multiclass" and probs.ndim == 3:  # 2-D labels: also a PNG
+        outputs.append(task.target.with_name(split_suffix(task.target)[0] + ".png"))
+    present = [] if task.force else [out for out in outputs if os.path.lexists(out)]
+    if len(present) == len(outputs):
+        raise OutputExistsError(present[0])
+    try:
+        mask = RankSEG(task.metric, task.smooth, mode, task.solver, task.pruning_prob)(probs[None])[0]
+    except ValueError as exc:
+        raise InputError(task.path, str(exc)) from None
+    for out in present:  # a case that an earlier run left partial: completed when it holds this mask
+        if not _holds(out, mask):
+            raise OutputExistsError(out)
+    with atomic_group():  # every output of the file, or none
+        for out in outputs:
+            if out not in present:
+                like_out = like if out == task.target else None
+                write_mask(out, mask, like=like_out, num_classes=classes, force=task.force)
+    kind = "labels" if mode == "multiclass" else "masks"
+    line = f"{task.path} -> {', '.join(map(str, outputs))} ({mode} {kind} {tuple(mask.shape)})"
+    if present:
+        line += f"; completed: {', '.join(map(str, present))} already held this mask"
+    return line
+
+
+def _holds(path: Path, mask: np.ndarray) -> bool:
+    try:
+        stored, _ = read_array(path, "labels")
+    except InputError:
+        return False
+    return stored.shape == mask.shape and bool(np.array_equal(stored, mask))
+
+
+def _expand_inputs(inputs: Iterable[str], report: Reporter) -> tuple[list[Path], list[Path]]:
+    """The files to read, in order (folders expanded), and the folders given."""
     files: list[Path] = []
+    folders: list[Path] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and split_suffix(p)[1] in ARRAY_SUFFIXES
-            )
+        if is_folder(path):
+            folders.append(path)
+            found = folder_entries(path, ARRAY_SUFFIXES, report)
             if not found:
                 report.error(f"{path}: folder holds no probability files ({', '.join(ARRAY_SUFFIXES)})")
             files += found
-        elif path.exists():
-            files.append(path)
         else:
-            report.error(f"{path}: does not exist")
-    return files
+            files.append(path)  # read_array says why, if it cannot be read
+    return files, folders
 
 
 def run_command(args: argparse.Namespace) -> int:
     report = Reporter("predict")
     solver = args.solver if args.solver is not None else DEFAULT_SOLVER
-    first_mode = args.output_mode or "multiclass"
-    # checked now (a bad option is a usage error); a predictor per output mode, made when first needed
-    predictors = {first_mode: predictor_from_args(args, solver, first_mode, report)}
+    # checked now: a bad option is a usage error before any work
+    predictor_from_args(args, solver, args.output_mode or "multiclass", report)
+    files, folders = _expand_inputs(args.inputs, report)
+    prepare_out_folder(args.out, folders)
 
-    def predictor_for(mode: str) -> RankSEG:
-        if mode not in predictors:
-            predictors[mode] = predictor_from_args(args, solver, mode, report)
-        return predictors[mode]
-
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    files = _expand_inputs(args.inputs, report)
+    tasks: list[PredictTask] = []
     first_by_stem: dict[str, Path] = {}
-    progress = Progress(len(files), "rankseg predict", progress_enabled(args))
-    written = 0
     for path in files:
-        try:
-            stem, suffix = split_suffix(path)
-            if suffix not in ARRAY_SUFFIXES:
-                raise InputError(
-                    path,
-                    f"unsupported file type {suffix or '(none)'!r}; "
-                    f"expected one of {', '.join(ARRAY_SUFFIXES)}",
-                )
-            if stem in first_by_stem:
-                raise InputError(
-                    path,
-                    f"has the same name as {first_by_stem[stem]}; "
-                    f"their masks would both be {args.out / stem}.*",
-                )
-            first_by_stem[stem] = path
-            target = args.out / f"{stem}{suffix}"
-            if target.exists() and target.resolve() == path.resolve():
-                raise InputError(
-                    path,
-                    f"is its own output {target}; choose another --out folder (inputs are never overwritten)",
-                )
-            _write_prediction(path, target, predictor_for, args)
+        stem, suffix = split_suffix(path)
+        if suffix not in ARRAY_SUFFIXES:
+            allowed = ", ".join(ARRAY_SUFFIXES)
+            report.error(f"{path}: unsupported file type {suffix or '(none)'!r}; expected one of {allowed}")
+            continue
+        if stem in first_by_stem:
+            report.error(
+                f"{path}: has the same name as {first_by_stem[stem]}; "
+                f"their masks would both be {args.out / stem}.*"
+            )
+            continue
+        first_by_stem[stem] = path
+        target = args.out / f"{stem}{suffix}"
+        if os.path.realpath(target) == os.path.realpath(path):
+            report.error(
+                f"{path}: is its own output {target}; "
+                "choose another --out folder (inputs are never overwritten)"
+            )
+            continue
+        tasks.append(
+            PredictTask(
+                path=path,
+                target=target,
+                metric=args.metric,
+                smooth=args.smooth,
+                pruning_prob=args.pruning_prob,
+                solver=solver,
+                output_mode=args.output_mode,
+                logits=args.logits,
+                activation=args.activation,
+                force=args.force,
+            )
+        )
+
+    written = 0
+
+    def handle(index: int, outcome: PredictResult | TaskFailed) -> None:
+        nonlocal written
+        if isinstance(outcome, TaskFailed):
+            outcome = PredictResult(error=f"{tasks[index].path}: {outcome.reason}")
+        for message in outcome.warnings:
+            report.warn(message)
+        if outcome.error is not None:
+            report.error(outcome.error)
+        else:
+            if not args.quiet:
+                print(outcome.line, flush=True)
             written += 1
-        except InputError as exc:
-            report.error(str(exc))
-        except Exception as exc:  # named, reported, and the batch goes on
-            report.error(f"{path}: {type(exc).__name__}: {exc}")
-        progress.step(path.name)
-    progress.close()
+
+    run_tasks(
+        predict_file,
+        tasks,
+        executor_from_args(args, len(tasks), report.warn),
+        names=[task.path.name for task in tasks],
+        progress=Progress(len(tasks), "rankseg predict", progress_enabled(args)),
+        handle=handle,
+    )
     if report.failed:
         report.warn(f"{report.failed} problem(s); {written} of {len(files)} file(s) written")
         return 1
     return 0
-
-
-def _write_prediction(
-    path: Path, target: Path, predictor_for: Callable[[str], RankSEG], args: argparse.Namespace
-) -> None:
-    probs, like = load_probs(path, logits=args.logits, activation=args.activation)
-    classes = probs.shape[0]
-    mode = args.output_mode or ("multiclass" if classes > 1 else "multilabel")
-    png = (
-        target.with_name(split_suffix(target)[0] + ".png")
-        if mode == "multiclass" and probs.ndim == 3
-        else None
-    )
-    for out in (target, png):
-        if out is not None and not args.force and out.exists():
-            raise InputError(out, "exists; pass --force to overwrite it")
-    try:
-        mask = predictor_for(mode)(probs[None])[0]
-    except ValueError as exc:
-        raise InputError(path, str(exc)) from None
-    write_mask(target, mask, like=like, num_classes=classes, force=args.force)
-    shown = [str(target)]
-    if png is not None:
-        write_mask(png, mask, num_classes=classes, force=args.force)
-        shown.append(str(png))
-    kind = "labels" if mode == "multiclass" else "masks"
-    print(f"{path} -> {', '.join(shown)} ({mode} {kind} {tuple(mask.shape)})", flush=True)

@@ -1,8 +1,11 @@
-"""Shared by the integrations: output-field access, size parsing, and the RankSEG defaults."""
+"""Shared by the integrations: output-field access and checks, size parsing, the restoration dtype,
+resizing, and RankSEG on restored maps."""
 
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,9 +14,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._options import resolve_options
 from .._predictor import RankSEG
 
-__all__ = ["as_float32", "bilinear", "field", "make_predictor", "parse_sizes", "resize_probabilities"]
+__all__ = [
+    "MAX_PIXELS",
+    "bilinear",
+    "check_magnitude",
+    "check_pixels",
+    "check_readable",
+    "field",
+    "float_field",
+    "make_predictor",
+    "parse_sizes",
+    "predict",
+    "resize_probabilities",
+    "restoration_dtype",
+]
+
+#: Most pixels one ``(height, width)`` may hold: torch's CUDA bilinear resize indexes the output
+#: pixels of a map with a 32-bit ``int`` (``upsample_bilinear2d_out_frame``), so 2**31 - 1.
+MAX_PIXELS = 2**31 - 1
 
 
 def field(outputs: Any, name: str) -> Any:
@@ -24,11 +45,86 @@ def field(outputs: Any, name: str) -> Any:
     return getattr(outputs, name, None)
 
 
+def check_readable(tensor: Tensor, name: str) -> Tensor:
+    """Refuse tensors whose values cannot be read as a dense array: sparse (or any non-strided)
+    layouts (``TypeError``) and the ``meta`` device, which holds shapes but no values (``ValueError``)."""
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor; got layout {tensor.layout}. Pass tensor.to_dense()")
+    if tensor.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device, which holds shapes but no values; run the model on a real "
+            "device (cpu, cuda, ...)"
+        )
+    return tensor
+
+
+def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool = True) -> Tensor | None:
+    """The floating-point tensor ``outputs.name`` with the named ``dims``, checked before use.
+
+    Raises, naming ``outputs.name``: ``ValueError`` when it is missing (and ``required``), on the
+    meta device, of the wrong rank, with an empty ``(height, width)``, holding NaN/inf (such
+    values give no probabilities) or values beyond a quarter of the restoration dtype's largest
+    float (a bilinear resize of such values can round to inf, and softmax then gives NaN);
+    ``TypeError`` when it is not a floating tensor or is sparse. Returns ``None`` for a missing
+    optional field.
+    """
+    layout = f"({', '.join(dims)})"
+    value = field(outputs, name)
+    if value is None:
+        if required:
+            raise ValueError(
+                f"outputs.{name} is required, of shape {layout}; got outputs ({type(outputs).__name__}) "
+                "without it"
+            )
+        return None
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"outputs.{name} must be a floating-point torch.Tensor of shape {layout}; got {kind}")
+    check_readable(value, f"outputs.{name}")
+    if value.dim() != len(dims):
+        raise ValueError(f"outputs.{name} must have shape {layout}; got shape {tuple(value.shape)}")
+    if dims[-2:] == ("height", "width") and 0 in value.shape[-2:]:
+        raise ValueError(
+            f"outputs.{name} has shape {tuple(value.shape)}: its (height, width) is empty, there is no map "
+            "to resize"
+        )
+    if value.numel() > 0:
+        check_magnitude(value, f"outputs.{name}")
+    return value
+
+
+def check_magnitude(value: Tensor, name: str) -> None:
+    """One reduction: the largest magnitude, NaN if any value is NaN."""
+    peak = float(torch.linalg.vector_norm(value, ord=float("inf")))
+    if not math.isfinite(peak):
+        bad = int(value.numel() - torch.isfinite(value).sum())
+        raise ValueError(
+            f"{name} holds {bad} NaN or infinite value(s) among {value.numel()}; they give no "
+            "probabilities. Check the model (e.g. float16 overflow) or replace them, e.g. with "
+            "torch.nan_to_num"
+        )
+    dtype = restoration_dtype(value)
+    limit = torch.finfo(dtype).max / 4
+    if peak > limit:
+        raise ValueError(
+            f"{name} holds values up to {peak:.3g}, too close to the largest {dtype} to be resized "
+            f"without overflow (at most {limit:.3g}); such logits are overflow artefacts: check the model"
+        )
+
+
+def restoration_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 when any input is float64 (the official post-processing keeps the model's float64,
+    so near-ties decide as there), float32 otherwise (half-precision resizes are less exact)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def _pair(value: Any, name: str) -> tuple[int, int]:
     if isinstance(value, Tensor):
-        value = value.tolist()
+        value = check_readable(value, name).tolist()
     elif isinstance(value, np.ndarray):
         value = value.tolist()
+    if isinstance(value, Sequence) and any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise ValueError(f"{name} must hold (height, width) pairs of integers, not bool; got {value!r}")
     if (
         not isinstance(value, Sequence)
         or isinstance(value, str)
@@ -41,16 +137,32 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     height, width = (int(v) for v in value)
     if height <= 0 or width <= 0:
         raise ValueError(f"{name} must hold positive (height, width) pairs; got {value!r}")
+    check_pixels((height, width), name)
     return height, width
+
+
+def check_pixels(size: tuple[int, int], name: str) -> None:
+    """Refuse a ``(height, width)`` of more than :data:`MAX_PIXELS` pixels, before any allocation."""
+    height, width = size
+    if height * width > MAX_PIXELS:
+        raise ValueError(
+            f"{name} holds ({height}, {width}), {height * width} pixels; at most 2**31 - 1 = {MAX_PIXELS} "
+            "pixels per image are supported (torch's bilinear resize on CUDA indexes pixels with 32-bit "
+            "integers)"
+        )
 
 
 def parse_sizes(sizes: Any, batch: int, name: str) -> list[tuple[int, int]]:
     """Normalise one ``(height, width)`` per image: a ``(B, 2)`` tensor/array, a list of pairs, or,
-    for a batch of one, a single pair. Raises ``ValueError`` naming ``name`` on any other form or
-    when the number of pairs is not ``batch``.
+    for a batch of one, a single pair. Raises ``ValueError`` naming ``name`` on any other form, on
+    bool entries, on sizes over :data:`MAX_PIXELS` pixels or when the number of pairs is not
+    ``batch``; ``TypeError`` / ``ValueError`` for sparse / meta tensors.
     """
     if isinstance(sizes, (Tensor, np.ndarray)):
-        array = sizes.detach().cpu().numpy() if isinstance(sizes, Tensor) else sizes
+        if isinstance(sizes, Tensor):
+            array = check_readable(sizes, name).detach().cpu().numpy()
+        else:
+            array = sizes
         if array.ndim == 1 and array.shape[0] == 2:
             pairs = [array.tolist()]
         elif array.ndim == 2 and array.shape[1] == 2:
@@ -58,7 +170,7 @@ def parse_sizes(sizes: Any, batch: int, name: str) -> list[tuple[int, int]]:
         else:
             raise ValueError(f"{name} must have shape (batch, 2) or (2,); got shape {tuple(array.shape)}")
     elif isinstance(sizes, Sequence) and not isinstance(sizes, str):
-        if len(sizes) == 2 and all(isinstance(v, numbers.Integral) for v in sizes):
+        if len(sizes) == 2 and all(isinstance(v, (numbers.Integral, np.bool_)) for v in sizes):
             pairs = [list(sizes)]
         else:
             pairs = list(sizes)
@@ -76,7 +188,11 @@ def parse_sizes(sizes: Any, batch: int, name: str) -> list[tuple[int, int]]:
 
 
 def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode: str) -> RankSEG:
-    """A RankSEG from the user's keyword arguments, with ``output_mode`` defaulted when absent."""
+    """A RankSEG from the user's keyword arguments, with ``output_mode`` defaulted when absent.
+
+    The arguments are checked here, so that invalid ones are refused even when there is nothing to
+    decide (an empty batch); warnings (a solver that falls back) are left to the call that decides.
+    """
     if rankseg_kwargs is None:
         rankseg_kwargs = {}
     if not isinstance(rankseg_kwargs, Mapping):
@@ -85,17 +201,48 @@ def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode
         )
     kwargs = dict(rankseg_kwargs)
     kwargs.setdefault("output_mode", default_output_mode)
-    return RankSEG(**kwargs)
+    predictor = RankSEG(**kwargs)
+    _options(predictor)
+    return predictor
 
 
-def as_float32(tensor: Tensor) -> Tensor:
-    """Restoration runs in float32 whatever the model's dtype (half logits resize less exactly)."""
-    return tensor.to(torch.float32) if tensor.dtype != torch.float32 else tensor
+def _options(predictor: RankSEG) -> Any:
+    """The predictor's checked options (``TypeError`` / ``ValueError`` naming a bad one), quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return resolve_options(
+            predictor.metric,
+            predictor.smooth,
+            predictor.output_mode,
+            predictor.solver,
+            predictor.pruning_prob,
+            **predictor.solver_params,
+        )
+
+
+def predict(predictor: RankSEG, probs: Tensor, channels: str) -> Tensor:
+    """``predictor(probs)`` for restored ``(N, C, H, W)`` probabilities.
+
+    With no channel (``C == 0``: no class, no mask per prompt) the result is empty: multilabel
+    output gives bool ``(N, 0, H, W)``; multiclass output, which labels every pixel with a channel,
+    is refused with a ``ValueError`` that says which ``channels`` (an output field) are missing.
+    """
+    if probs.shape[1] > 0:
+        return predictor(probs)
+    if _options(predictor).output_mode == "multiclass":
+        raise ValueError(
+            f"{channels}: output_mode='multiclass' labels every pixel with one of them, and there is none. "
+            "Use output_mode='multilabel' (an empty mask set)"
+        )
+    return torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
 
 
 def bilinear(maps: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
     """Bilinear resize of ``(N, C, h, w)`` maps with ``align_corners=False``, as every official
-    transformers post-processor resizes."""
+    transformers post-processor resizes. Maps with ``N == 0`` or ``C == 0`` give the empty
+    ``(N, C, *size)`` (torch's resize refuses them)."""
+    if maps.shape[0] == 0 or maps.shape[1] == 0:
+        return maps.new_zeros((*maps.shape[:2], *size))
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 

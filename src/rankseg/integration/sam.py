@@ -2,9 +2,10 @@
 
 SAM outputs are low-resolution mask *logits* in model space, not semantic class logits. Each
 adapter reproduces the official ``transformers`` post-processing geometry of its family exactly
-(design note ``hf-postprocess.md`` section 5), in float32, stops before the final binarisation and
-returns probabilities; ``postprocess`` then hands them to :class:`rankseg.RankSEG` instead of the
-official ``logit > 0`` (SAM/SAM2) or ``prob > 0.5`` (SAM3) threshold.
+(design note ``hf-postprocess.md`` section 5), in float64 for float64 outputs and float32 otherwise,
+stops before the final binarisation and returns probabilities; ``postprocess`` then hands them to
+:class:`rankseg.RankSEG` instead of the official ``logit > 0`` (SAM/SAM2) or ``prob > 0.5`` (SAM3)
+threshold.
 
 Adapters, the model outputs they take (by ``type(outputs).__name__``) and the official code they follow:
 
@@ -19,7 +20,7 @@ Adapters, the model outputs they take (by ``type(outputs).__name__``) and the of
 Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 with
 ``multimask_output=True``; ``K``: SAM3 queries kept; ``(H, W)``: the image's original/target size):
 
-* ``Sam1`` / ``Sam2`` ``restore_mask_probs``: one float32 ``(P, M, H, W)`` tensor per image;
+* ``Sam1`` / ``Sam2`` ``restore_mask_probs``: one ``(P, M, H, W)`` tensor per image;
   ``postprocess``: ``RankSEG(probs)`` with the tensor read as ``(batch=P, classes=M, H, W)``, so
   the default multilabel output is a bool ``(P, M, H, W)`` tensor, one binary map per mask.
 * ``Sam3`` instance: ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}`` per image;
@@ -27,6 +28,13 @@ Shapes (``P``: prompts per image, the point batch; ``M``: masks per prompt, 3 wi
   ``"masks"`` as bool ``(K, H, W)``.
 * ``Sam3`` semantic: one ``(1, H, W)`` probability map per image; ``postprocess_semantic`` reads it
   as ``(batch=1, classes=1, H, W)`` and gives a bool ``(H, W)`` mask.
+
+Video tracking, one frame at a time (logic in ``_sam_video.py``; ``docs/integration-sam.md``):
+``Sam2.restore_mask_probs`` / ``postprocess`` / ``propagate`` take ``Sam2VideoSegmentationOutput``,
+``Sam3TrackerVideoSegmentationOutput`` and ``EdgeTamVideoSegmentationOutput`` frames
+(``Sam2VideoProcessor.post_process_masks``) and return ``{"frame_idx", "object_ids", ...}`` dicts;
+``Sam3.restore_video_mask_probs`` / ``postprocess_video`` / ``propagate`` take
+``Sam3VideoSegmentationOutput`` frames (``Sam3VideoProcessor.postprocess_outputs``).
 
 This module never imports ``transformers``: it dispatches on the output's field names and on
 ``type(outputs).__name__``, so any object with the right fields (a ``types.SimpleNamespace``, a
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +53,17 @@ import torch
 from torch import Tensor
 
 from .._predictor import RankSEG
-from ._common import as_float32, bilinear, field, make_predictor, parse_sizes, resize_probabilities
+from . import _sam_video
+from ._common import (
+    bilinear,
+    field,
+    float_field,
+    make_predictor,
+    parse_sizes,
+    predict,
+    resize_probabilities,
+    restoration_dtype,
+)
 from .transformers import restore_semantic_probs
 
 __all__ = ["Sam1", "Sam2", "Sam3"]
@@ -87,7 +105,6 @@ _EXPECTED = {
 }
 _SEMANTIC_FIELDS = ("class_queries_logits", "masks_queries_logits", "segmentation_logits", "logits")
 _SAM3_FIELDS = ("pred_logits", "presence_logits", "pred_boxes", "semantic_seg")
-_VIDEO_FIELDS = ("inference_session", "obj_id_to_mask", "object_ids", "frame_idx")
 _SAM1_PAD_SIZE = (1024, 1024)  # SamImageProcessor's default pad_size
 _NON_OVERLAP_LOGIT = -10.0  # Sam2ImageProcessor._apply_non_overlapping_constraints: sigmoid(-10) ~ 4.5e-5
 
@@ -118,14 +135,9 @@ def _family(outputs: Any) -> str | None:
             f"outputs must be the model's output object with named fields; got a {name}. "
             "Call the model with return_dict=True (the default)."
         )
-    video_fields = [f for f in _VIDEO_FIELDS if field(outputs, f) is not None]
-    if "Video" in name or "InferenceSession" in name or video_fields:
-        raise ValueError(
-            f"video tracking is not supported: got {name}"
-            + (f" with fields {video_fields}" if video_fields else "")
-            + ". rankseg.integration.sam restores single-image prompt and instance masks; run the image "
-            "model (SamModel, Sam2Model, Sam3TrackerModel, Sam3Model) on each frame instead."
-        )
+    video_hint = _sam_video.video_adapter_hint(outputs)
+    if video_hint is not None:
+        raise ValueError(video_hint)
     if name in _FAMILY_BY_CLASS:
         return _FAMILY_BY_CLASS[name]
     if any(field(outputs, f) is not None for f in _SAM3_FIELDS):
@@ -165,26 +177,14 @@ def _check_family(outputs: Any, adapter: str) -> None:
     )
 
 
-def _tensor_field(outputs: Any, name: str, dims: int, layout: str, required: bool = True) -> Tensor | None:
-    value = field(outputs, name)
-    if value is None:
-        if required:
-            raise ValueError(
-                f"outputs.{name} is required, of shape {layout}; got outputs "
-                f"({type(outputs).__name__}) without it (fields: {_field_names(outputs)})"
-            )
-        return None
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
-        raise TypeError(f"outputs.{name} must be a floating-point torch.Tensor of shape {layout}; got {kind}")
-    if value.dim() != dims:
-        raise ValueError(f"outputs.{name} must have shape {layout}; got shape {tuple(value.shape)}")
-    return value
+_PROMPT_MASKS = ("batch", "point_batch", "masks_per_prompt", "height", "width")
+_NO_MASK = "outputs.pred_masks has no mask per prompt"
 
 
 def _prompt_mask_logits(outputs: Any, adapter: str) -> Tensor:
     _check_family(outputs, adapter)
-    return _tensor_field(outputs, "pred_masks", 5, "(batch, point_batch, masks_per_prompt, height, width)")
+    logits = float_field(outputs, "pred_masks", _PROMPT_MASKS)
+    return logits.to(restoration_dtype(logits))
 
 
 def _pad_size(pad_size: PadSize) -> tuple[int, int]:
@@ -219,8 +219,8 @@ def _check_threshold(value: Any) -> float:
 
 def _suppress_overlaps(logits: Tensor) -> Tensor:
     """SAM2's non-overlapping constraint on ``(P, M, H, W)`` logits: where prompt ``p`` is not the
-    arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt is unchanged."""
-    if logits.shape[0] == 1:
+    arg-max over prompts, its logit becomes ``min(logit, -10)``. A single prompt (or none) is unchanged."""
+    if logits.shape[0] <= 1:
         return logits
     winner = logits.argmax(dim=0, keepdim=True)
     prompt = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1)
@@ -228,7 +228,7 @@ def _suppress_overlaps(logits: Tensor) -> Tensor:
 
 
 def _masks_per_image(predictor: RankSEG, probs: list[Tensor]) -> list[Tensor]:
-    return [predictor(p) for p in probs]
+    return [predict(predictor, p, _NO_MASK) for p in probs]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class Sam1:
 
         logits = bilinear(pred_masks[i], pad_size)                 # (P, M, pad_h, pad_w)
         logits = logits[..., :reshaped_h, :reshaped_w]             # remove the bottom/right padding
-        probs  = sigmoid(bilinear(logits, original_size))          # (P, M, H, W), float32
+        probs  = sigmoid(bilinear(logits, original_size))          # (P, M, H, W)
 
     Args:
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
@@ -283,7 +283,13 @@ class Sam1:
             reshaped_input_sizes: the processor's resized (unpadded) input sizes, same forms.
 
         Returns:
-            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+            ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``, float64
+            for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0.
+
+        Raises:
+            TypeError, ValueError: naming the output field (another family, wrong shape, NaN/inf,
+                sparse or meta tensors) or the size argument (form, length, bools, more than
+                2**31 - 1 pixels).
         """
         logits = _prompt_mask_logits(outputs, "Sam1")
         batch = logits.shape[0]
@@ -298,7 +304,7 @@ class Sam1:
                 )
         probs = []
         for i, (height, width) in enumerate(reshaped):
-            padded = bilinear(as_float32(logits[i]), pad)
+            padded = bilinear(logits[i], pad)
             probs.append(torch.sigmoid(bilinear(padded[..., :height, :width], originals[i])))
         return probs
 
@@ -308,7 +314,8 @@ class Sam1:
 
         Returns:
             Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
-            indices into the ``M`` masks of each prompt (multiclass, which needs ``M >= 2``).
+            indices into the ``M`` masks of each prompt (multiclass, which needs ``M >= 2``). With
+            ``M == 0`` the multilabel result is empty and multiclass is refused.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         return _masks_per_image(
@@ -359,40 +366,88 @@ class Sam2:
         self.rankseg_kwargs = rankseg_kwargs
         self.apply_non_overlapping_constraints = apply_non_overlapping_constraints
 
-    def restore_mask_probs(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+    def restore_mask_probs(
+        self, outputs: Any, original_sizes: Sizes | None = None, *, inference_session: Any = None
+    ) -> list[Tensor] | dict[str, Any]:
         """Mask probabilities in each image's original geometry.
 
         Args:
             outputs: ``Sam2ImageSegmentationOutput`` / ``Sam3TrackerImageSegmentationOutput`` /
                 ``EdgeTamImageSegmentationOutput`` or any object with ``pred_masks`` of shape
-                ``(B, P, M, h, w)`` (logits).
+                ``(B, P, M, h, w)`` (logits). Or one video frame: ``Sam2VideoSegmentationOutput`` /
+                ``Sam3TrackerVideoSegmentationOutput`` / ``EdgeTamVideoSegmentationOutput`` (fields
+                ``pred_masks`` ``(N, M, h, w)``, ``object_ids``, ``frame_idx``).
             original_sizes: one ``(height, width)`` per image: a ``(B, 2)`` tensor, a list of pairs,
-                or one pair when ``B == 1``.
+                or one pair when ``B == 1``. For a video frame: the frame's size, optional when
+                ``inference_session`` knows it.
+            inference_session: video only: the session the frame came from; its ``video_height``
+                and ``video_width`` give the frame size.
 
         Returns:
-            ``B`` float32 tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``.
+            Images: ``B`` tensors of shape ``(P, M, H_i, W_i)`` on the device of ``pred_masks``,
+            float64 for float64 outputs and float32 otherwise; ``P`` or ``M`` may be 0. A video
+            frame: ``{"frame_idx": int, "object_ids": list[int], "mask_probs": (N, M, H, W)}``
+            (``Sam2VideoProcessor.post_process_masks`` on ``[pred_masks]`` without ``> 0``).
+
+        Raises:
+            TypeError, ValueError: as :meth:`Sam1.restore_mask_probs`.
+
+        Example:
+            >>> import types, torch
+            >>> from rankseg.integration.sam import Sam2
+            >>> frame = types.SimpleNamespace(object_ids=[3, 7], frame_idx=0,   # Sam2VideoSegmentationOutput
+            ...                               pred_masks=torch.randn(2, 1, 8, 8) * 5)
+            >>> probs = Sam2().restore_mask_probs(frame, original_sizes=(20, 30))
+            >>> probs["frame_idx"], probs["object_ids"], tuple(probs["mask_probs"].shape)
+            (0, [3, 7], (2, 1, 20, 30))
         """
+        if inference_session is not None or _sam_video.video_kind(outputs) is not None:
+            return _sam_video.restore_tracker_frame(
+                self.restore_mask_probs, outputs, original_sizes, inference_session
+            )
         non_overlap = _check_flag(self.apply_non_overlapping_constraints, "apply_non_overlapping_constraints")
         logits = _prompt_mask_logits(outputs, "Sam2")
         originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
         probs = []
         for i, size in enumerate(originals):
-            resized = bilinear(as_float32(logits[i]), size)
+            resized = bilinear(logits[i], size)
             if non_overlap:
                 resized = _suppress_overlaps(resized)
             probs.append(torch.sigmoid(resized))
         return probs
 
-    def postprocess(self, outputs: Any, original_sizes: Sizes) -> list[Tensor]:
+    def postprocess(
+        self, outputs: Any, original_sizes: Sizes | None = None, *, inference_session: Any = None
+    ) -> list[Tensor] | dict[str, Any]:
         """RankSEG masks: ``RankSEG(**rankseg_kwargs)(probs)`` for each restored ``(P, M, H, W)``
-        tensor read as ``(batch=P, classes=M, H, W)``.
+        tensor read as ``(batch=P, classes=M, H, W)``; arguments as :meth:`restore_mask_probs`.
 
         Returns:
             Per image: bool ``(P, M, H, W)`` (multilabel, the default), or int64 ``(P, H, W)``
-            (multiclass, which needs ``M >= 2``).
+            (multiclass, which needs ``M >= 2``). With ``M == 0`` the multilabel result is empty
+            and multiclass is refused. A video frame: ``{"frame_idx", "object_ids", "masks"}`` with
+            ``masks`` bool ``(N, M, H, W)``, RankSEG on the ``(N, M, H, W)`` probabilities read as
+            ``(batch=N, classes=M, H, W)``.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        if inference_session is not None or _sam_video.video_kind(outputs) is not None:
+            frame = self.restore_mask_probs(outputs, original_sizes, inference_session=inference_session)
+            return _sam_video.postprocess_tracker_frame(predictor, frame)
         return _masks_per_image(predictor, self.restore_mask_probs(outputs, original_sizes))
+
+    def propagate(self, model: Any, inference_session: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """RankSEG masks of every frame ``model.propagate_in_video_iterator(inference_session,
+        **kwargs)`` yields (``Sam2VideoModel``, ``Sam3TrackerVideoModel``, ``EdgeTamVideoModel``):
+        one :meth:`postprocess` dict ``{"frame_idx", "object_ids", "masks"}`` per frame, the size
+        read from ``inference_session``. ``kwargs`` (``start_frame_idx``, ``max_frame_num_to_track``,
+        ``reverse``) go to the iterator unchanged.
+        """
+        return _sam_video.propagate(
+            model,
+            inference_session,
+            lambda outputs: self.postprocess(outputs, inference_session=inference_session),
+            kwargs,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -453,15 +508,23 @@ class Sam3:
                 ``B == 1``), or ``None`` to keep model resolution and normalised boxes.
 
         Returns:
-            Per image ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}``, float32; ``K``
-            may be 0, giving shapes ``(0,)``, ``(0, 4)`` and ``(0, H, W)``.
+            Per image ``{"scores": (K,), "boxes": (K, 4), "mask_probs": (K, H, W)}``, each float64
+            where its field is float64 and float32 otherwise; an empty list for an empty batch.
+            ``K`` may be 0, giving shapes ``(0,)``, ``(0, 4)`` and ``(0, H, W)``: ``(H, W)`` is the
+            target size, the size of a non-empty result (the official code keeps ``(0, h, w)`` at
+            model resolution when nothing passes the threshold).
+
+        Raises:
+            TypeError, ValueError: naming the output field (another family, wrong shape, NaN/inf,
+                sparse or meta tensors), ``target_sizes`` (form, length, bools, more than
+                2**31 - 1 pixels) or ``threshold``.
         """
         threshold = _check_threshold(self.threshold)
         _check_family(outputs, "Sam3")
-        mask_logits = _tensor_field(outputs, "pred_masks", 4, "(batch, queries, height, width)")
-        boxes = _tensor_field(outputs, "pred_boxes", 3, "(batch, queries, 4)")
-        query_logits = _tensor_field(outputs, "pred_logits", 2, "(batch, queries)")
-        presence = _tensor_field(outputs, "presence_logits", 2, "(batch, 1)", required=False)
+        mask_logits = float_field(outputs, "pred_masks", ("batch", "queries", "height", "width"))
+        boxes = float_field(outputs, "pred_boxes", ("batch", "queries", "4"))
+        query_logits = float_field(outputs, "pred_logits", ("batch", "queries"))
+        presence = float_field(outputs, "presence_logits", ("batch", "1"), required=False)
         batch, queries = mask_logits.shape[:2]
         if tuple(boxes.shape) != (batch, queries, 4) or tuple(query_logits.shape) != (batch, queries):
             raise ValueError(
@@ -475,17 +538,18 @@ class Sam3:
             )
         sizes = None if target_sizes is None else parse_sizes(target_sizes, batch, "target_sizes")
 
-        scores = torch.sigmoid(as_float32(query_logits))
+        scores = torch.sigmoid(query_logits.to(restoration_dtype(query_logits)))
         if presence is not None:
-            scores = scores * torch.sigmoid(as_float32(presence))
-        boxes = as_float32(boxes)
+            scores = scores * torch.sigmoid(presence.to(restoration_dtype(presence)))
+        boxes = boxes.to(restoration_dtype(boxes))
         if sizes is not None:
-            heights, widths = torch.tensor(sizes, dtype=torch.float32, device=boxes.device).unbind(1)
-            boxes = boxes * torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
+            scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes.dtype, device=boxes.device)
+            boxes = boxes * scale.view(batch, 1, 4)
+        mask_dtype = restoration_dtype(mask_logits)
         results = []
         for i in range(batch):
             keep = scores[i] > threshold
-            probs = torch.sigmoid(as_float32(mask_logits[i][keep]))  # (K, h, w)
+            probs = torch.sigmoid(mask_logits[i][keep].to(mask_dtype))  # (K, h, w)
             if sizes is not None:
                 if probs.shape[0] > 0:
                     probs = resize_probabilities(probs[None], sizes[i])[0]
@@ -501,7 +565,8 @@ class Sam3:
         instance read as its own binary map ``(batch=K, classes=1, H, W)``.
 
         Returns:
-            Per image ``{"scores": (K,), "boxes": (K, 4), "masks": bool (K, H, W)}``.
+            Per image ``{"scores": (K,), "boxes": (K, 4), "masks": bool (K, H, W)}``; an empty list
+            for an empty batch, ``(0, H, W)`` masks at the target size when no query is kept.
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         results = []
@@ -518,10 +583,10 @@ class Sam3:
             target_sizes: one ``(height, width)`` per image, or ``None`` for model resolution.
 
         Returns:
-            ``B`` float32 tensors of shape ``(1, H_i, W_i)``.
+            ``B`` tensors of shape ``(1, H_i, W_i)``, float64 for float64 outputs, float32 otherwise.
         """
         _check_family(outputs, "Sam3")
-        semantic = _tensor_field(outputs, "semantic_seg", 4, "(batch, 1, height, width)")
+        semantic = float_field(outputs, "semantic_seg", ("batch", "1", "height", "width"))
         if semantic.shape[1] != 1:
             raise ValueError(
                 f"outputs.semantic_seg must have shape (batch, 1, height, width); got {tuple(semantic.shape)}"
@@ -537,6 +602,67 @@ class Sam3:
         """
         predictor = make_predictor(self.rankseg_kwargs, "multilabel")
         return [predictor(p[None])[0, 0] for p in self.restore_semantic_mask_probs(outputs, target_sizes)]
+
+    def restore_video_mask_probs(
+        self, inference_session: Any, outputs: Any, original_sizes: Sizes | None = None
+    ) -> dict[str, Any]:
+        """Mask probabilities of one ``Sam3VideoModel`` frame, the objects
+        ``Sam3VideoProcessor.postprocess_outputs`` may show (suppressed and hot-start-removed ids
+        hidden), in ascending id order: ``sigmoid(bilinear(obj_id_to_mask[id], (H, W)))``.
+
+        Args:
+            inference_session: the ``Sam3VideoInferenceSession`` the frame came from.
+            outputs: its ``Sam3VideoSegmentationOutput`` for one frame.
+            original_sizes: the frame's ``(height, width)``, needed only when the session has none
+                (streaming), as in the official code.
+
+        Returns:
+            ``{"frame_idx": int, "object_ids": int64 (N,), "scores": (N,), "tracker_scores": (N,),
+            "mask_probs": (N, H, W)}``, float32; ``threshold`` does not apply to video.
+        """
+        return _sam_video.restore_concept_frame(inference_session, outputs, original_sizes)
+
+    def postprocess_video(
+        self, inference_session: Any, outputs: Any, original_sizes: Sizes | None = None
+    ) -> dict[str, Any]:
+        """``Sam3VideoProcessor.postprocess_outputs`` with RankSEG in place of ``> 0``.
+
+        ``masks = RankSEG(**rankseg_kwargs)(mask_probs[:, None])[:, 0]`` on
+        :meth:`restore_video_mask_probs`; objects with an empty mask are dropped, ``boxes`` are
+        those of the RankSEG masks (xyxy pixels, inclusive), then, with more than one object, the
+        official per-prompt non-overlap step by tracker score.
+
+        Returns:
+            ``{"frame_idx": int, "object_ids": int64 (K,), "scores": (K,), "boxes": (K, 4),
+            "masks": bool (K, H, W), "prompt_to_obj_ids": dict[str, list[int]]}``.
+
+        Example:
+            >>> import types, torch
+            >>> from rankseg.integration.sam import Sam3
+            >>> session = types.SimpleNamespace(   # a Sam3VideoInferenceSession
+            ...     video_height=20, video_width=30, prompts={0: "cat"},
+            ...     obj_id_to_prompt_id={4: 0, 9: 0}, hotstart_removed_obj_ids=set())
+            >>> outputs = types.SimpleNamespace(   # a Sam3VideoSegmentationOutput
+            ...     frame_idx=2, obj_id_to_mask={4: torch.randn(1, 8, 8) * 5, 9: torch.randn(1, 8, 8) * 5},
+            ...     obj_id_to_score={4: 0.9, 9: 0.8}, obj_id_to_tracker_score={4: 0.9, 9: 0.7},
+            ...     suppressed_obj_ids={9})
+            >>> frame = Sam3().postprocess_video(session, outputs)
+            >>> frame["object_ids"].tolist(), tuple(frame["masks"].shape), frame["prompt_to_obj_ids"]
+            ([4], (1, 20, 30), {'cat': [4]})
+        """
+        predictor = make_predictor(self.rankseg_kwargs, "multilabel")
+        frame = self.restore_video_mask_probs(inference_session, outputs, original_sizes)
+        return _sam_video.postprocess_concept_frame(predictor, inference_session, frame)
+
+    def propagate(self, model: Any, inference_session: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`postprocess_video` of every frame ``Sam3VideoModel.propagate_in_video_iterator(
+        inference_session, **kwargs)`` yields (after its hot-start delay), one dict per frame."""
+        return _sam_video.propagate(
+            model,
+            inference_session,
+            lambda outputs: self.postprocess_video(inference_session, outputs),
+            kwargs,
+        )
 
     def __repr__(self) -> str:
         return f"Sam3(rankseg_kwargs={self.rankseg_kwargs!r}, threshold={self.threshold!r})"

@@ -22,13 +22,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import as_float32, bilinear, field, make_predictor, parse_sizes
+from ._common import (
+    bilinear,
+    check_pixels,
+    check_readable,
+    field,
+    float_field,
+    make_predictor,
+    parse_sizes,
+    predict,
+    restoration_dtype,
+)
+from ._sam_video import video_adapter_hint
 
 __all__ = ["postprocess", "restore_semantic_probs"]
 
@@ -63,6 +73,12 @@ _SAM_MODEL_TYPES = ("sam", "edgetam")
 _GroupedMaps = list[tuple[list[int], Tensor]]  # (image indices, (G, C, H, W) maps of those images)
 
 
+class _Restored(NamedTuple):
+    groups: _GroupedMaps
+    batch: int  # number of images
+    class_field: str  # the output field whose channels are the classes (named in errors)
+
+
 def restore_semantic_probs(
     outputs: Any,
     *,
@@ -73,7 +89,7 @@ def restore_semantic_probs(
 ) -> list[Tensor]:
     r"""Per-image class probabilities restored from a Transformers segmentation output.
 
-    Output families and how each is restored (official geometry of transformers 5.x, in float32):
+    Output families and how each is restored (official geometry of transformers 5.x):
 
     - ``logits`` ``(B, C, h, w)`` (SegFormer, UperNet, DPT, BEiT, Data2VecVision, MobileViT,
       MobileNetV2, Sapiens2; Tipsv2Dpt's ``segmentation_logits``): bilinear resize of the logits,
@@ -107,16 +123,22 @@ def restore_semantic_probs(
             Ignored for other families.
 
     Returns:
-        A list with one float32 ``(C, H, W)`` tensor per image, on the outputs' device: ``(H, W)`` is
-        ``target_sizes[i]`` or the model's output resolution. Multiclass families sum to 1 over
-        ``C``; ``semantic_seg`` has ``C = 1`` independent sigmoid probabilities.
+        A list with one ``(C, H, W)`` tensor per image (empty for an empty batch), on the outputs'
+        device: ``(H, W)`` is ``target_sizes[i]`` or the model's output resolution. Multiclass
+        families sum to 1 over ``C``, except where every official score is 0 (no query at all, or
+        every query "no object" to the last float bit): all ``C`` probabilities are 0 there, and
+        the official argmax is class 0. ``semantic_seg`` has ``C = 1`` independent sigmoid
+        probabilities. The dtype is float64 when the score fields are float64 (as the official code
+        keeps them; EoMT's patch merge accumulates in torch's default dtype, float32, as the
+        official one does), float32 otherwise (float16/bfloat16 included).
 
     Raises:
         TypeError: ``outputs`` is a tuple (``return_dict=False``) or not an output object, a field
-            is not a floating tensor, or ``model`` / ``antialias`` has the wrong type.
+            is not a floating tensor or is sparse, or ``model`` / ``antialias`` has the wrong type.
         ValueError: SAM-family, SegGPT, RF-DETR, CLIPSeg or unrecognised outputs; fields of the wrong
-            rank or inconsistent shapes; a family the fields cannot identify without ``model``;
-            ``target_sizes`` of the wrong form or length; EoMT without ``target_sizes`` or ``size``.
+            rank, with an empty map, inconsistent shapes, NaN/inf values or on the meta device; a
+            family the fields cannot identify without ``model``; ``target_sizes`` of the wrong form
+            or length, with bools or over 2**31 - 1 pixels; EoMT without ``target_sizes`` or ``size``.
 
     Example:
         >>> import torch
@@ -128,9 +150,9 @@ def restore_semantic_probs(
         >>> bool(torch.allclose(probs[1].sum(dim=0), torch.ones(16, 24)))
         True
     """
-    groups, batch = _restore(outputs, model, target_sizes, size, antialias)
-    per_image: list[Tensor] = [torch.empty(0)] * batch
-    for index, maps in groups:
+    restored = _restore(outputs, model, target_sizes, size, antialias)
+    per_image: list[Tensor] = [torch.empty(0)] * restored.batch
+    for index, maps in restored.groups:
         for i, probs in zip(index, maps.unbind(0), strict=True):
             per_image[i] = probs
     return per_image
@@ -160,7 +182,13 @@ def postprocess(
     Returns:
         One prediction per image: int64 labels ``(H, W)`` for multiclass output, bool masks
         ``(C, H, W)`` for multilabel output; ``(H, W)`` as in :func:`restore_semantic_probs`.
-        ``{"metric": "acc", "solver": "argmax"}`` reproduces the official segmentation.
+        ``{"metric": "acc", "solver": "argmax"}`` reproduces the official segmentation. An empty
+        batch gives an empty list; outputs with no class channel give empty ``(0, H, W)`` masks
+        (multilabel; multiclass is refused).
+
+    Raises:
+        TypeError, ValueError: as :func:`restore_semantic_probs` (errors name the output field,
+            e.g. ``outputs.logits``), and for invalid ``rankseg_kwargs``.
 
     Example:
         >>> import torch
@@ -170,12 +198,13 @@ def postprocess(
         >>> [(tuple(p.shape), p.dtype) for p in preds]
         [((32, 32), torch.int64), ((16, 24), torch.int64)]
     """
-    groups, batch = _restore(outputs, model, target_sizes, size, antialias)
-    classes = groups[0][1].shape[1] if groups else 0
+    restored = _restore(outputs, model, target_sizes, size, antialias)
+    classes = restored.groups[0][1].shape[1] if restored.groups else 0
     predictor = make_predictor(rankseg_kwargs, "multiclass" if classes > 1 else "multilabel")
-    per_image: list[Tensor] = [torch.empty(0)] * batch
-    for index, maps in groups:
-        for i, pred in zip(index, predictor(maps).unbind(0), strict=True):
+    no_class = f"outputs.{restored.class_field} has no class channel"
+    per_image: list[Tensor] = [torch.empty(0)] * restored.batch
+    for index, maps in restored.groups:
+        for i, pred in zip(index, predict(predictor, maps, no_class).unbind(0), strict=True):
             per_image[i] = pred
     return per_image
 
@@ -184,10 +213,8 @@ def postprocess(
 # Identification: which family produced ``outputs``.
 
 
-def _restore(
-    outputs: Any, model: Any, target_sizes: Any, size: Any, antialias: bool | None
-) -> tuple[_GroupedMaps, int]:
-    """Identify the family and restore its maps, grouped by output size; also return the batch."""
+def _restore(outputs: Any, model: Any, target_sizes: Any, size: Any, antialias: bool | None) -> _Restored:
+    """Identify the family and restore its maps, grouped by output size."""
     family = _identify(outputs, model)
     if family in _QUERY_GEOMETRY:
         return _restore_queries(outputs, target_sizes, _QUERY_GEOMETRY[family], antialias)
@@ -214,6 +241,9 @@ def _identify(outputs: Any, model: Any) -> str:
         )
     if outputs is None or isinstance(outputs, (str, bytes, int, float)):
         raise TypeError(f"outputs must be a model output object or a dict of its fields; got {outputs!r}")
+    video_hint = video_adapter_hint(outputs)
+    if video_hint is not None:
+        raise ValueError(video_hint)
     model_type = _model_type(model)
     class_names = [cls.__name__ for cls in type(outputs).__mro__]
 
@@ -321,19 +351,9 @@ def _field_names(outputs: Any) -> list[str]:
     return sorted(key for key in getattr(outputs, "__dict__", {}) if not key.startswith("_"))
 
 
-def _tensor(outputs: Any, name: str, ndim: int, layout: str) -> Tensor:
-    value = field(outputs, name)
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
-        raise TypeError(f"outputs.{name} must be a floating-point torch.Tensor; got {kind}")
-    if value.ndim != ndim:
-        raise ValueError(f"outputs.{name} must have shape {layout}; got shape {tuple(value.shape)}")
-    return value
-
-
 def _query_fields(outputs: Any, class_name: str, mask_name: str) -> tuple[Tensor, Tensor]:
-    class_logits = _tensor(outputs, class_name, 3, "(batch, queries, classes)")
-    mask_logits = _tensor(outputs, mask_name, 4, "(batch, queries, height, width)")
+    class_logits = float_field(outputs, class_name, ("batch", "queries", "classes"))
+    mask_logits = float_field(outputs, mask_name, ("batch", "queries", "height", "width"))
     if class_logits.shape[:2] != mask_logits.shape[:2]:
         raise ValueError(
             f"outputs.{class_name} {tuple(class_logits.shape)} and outputs.{mask_name} "
@@ -359,33 +379,37 @@ def _oneformer_antialias(antialias: bool | None) -> bool:
 # Restoration per family (design note hf-postprocess.md, sections 1-4).
 
 
-def _restore_logits(outputs: Any, target_sizes: Any) -> tuple[_GroupedMaps, int]:
+def _restore_logits(outputs: Any, target_sizes: Any) -> _Restored:
     """Plain models: bilinear resize of the logits, then softmax (section 1)."""
     name = "segmentation_logits" if field(outputs, "segmentation_logits") is not None else "logits"
-    logits = as_float32(_tensor(outputs, name, 4, "(batch, classes, height, width)"))
+    logits = float_field(outputs, name, ("batch", "classes", "height", "width"))
+    logits = logits.to(restoration_dtype(logits))
     sizes = _sizes(target_sizes, logits.shape[0])
-    return _resize_groups(logits, sizes, lambda maps: maps.softmax(dim=1)), logits.shape[0]
+    return _Restored(_resize_groups(logits, sizes, lambda maps: maps.softmax(dim=1)), logits.shape[0], name)
 
 
-def _restore_semantic_seg(outputs: Any, target_sizes: Any) -> tuple[_GroupedMaps, int]:
+def _restore_semantic_seg(outputs: Any, target_sizes: Any) -> _Restored:
     """SAM3 ``semantic_seg``: sigmoid first, then bilinear resize in probability space (section 4).
 
     The clamp only absorbs float rounding of the interpolation weights above 1.
     """
-    logits = as_float32(_tensor(outputs, "semantic_seg", 4, "(batch, channels, height, width)"))
+    logits = float_field(outputs, "semantic_seg", ("batch", "channels", "height", "width"))
+    probs = logits.to(restoration_dtype(logits)).sigmoid()
     sizes = _sizes(target_sizes, logits.shape[0])
-    return _resize_groups(logits.sigmoid(), sizes, lambda maps: maps.clamp_(0.0, 1.0)), logits.shape[0]
+    groups = _resize_groups(probs, sizes, lambda maps: maps.clamp_(0.0, 1.0))
+    return _Restored(groups, logits.shape[0], "semantic_seg")
 
 
-_PLAIN_RESTORERS: dict[str, Callable[[Any, Any], tuple[_GroupedMaps, int]]] = {
+_PLAIN_RESTORERS: dict[str, Callable[[Any, Any], _Restored]] = {
     "logits": _restore_logits,
     "semantic_seg": _restore_semantic_seg,
 }
 
 
 def _query_scores(class_logits: Tensor, mask_probs: Tensor, drop_null: bool) -> Tensor:
-    """Official class x mask mixture ``S = einsum(softmax(class)[..., :K], mask_probs)``, (B, K, h, w)."""
-    class_probs = as_float32(class_logits).softmax(dim=-1)
+    """Official class x mask mixture ``S = einsum(softmax(class)[..., :K], mask_probs)``, (B, K, h, w),
+    in the dtype of ``mask_probs``."""
+    class_probs = class_logits.to(mask_probs.dtype).softmax(dim=-1)
     if drop_null:
         if class_probs.shape[-1] < 2:
             raise ValueError(
@@ -426,21 +450,20 @@ _QUERY_GEOMETRY = {
 
 def _restore_queries(
     outputs: Any, target_sizes: Any, geometry: _QueryGeometry, antialias: bool | None
-) -> tuple[_GroupedMaps, int]:
+) -> _Restored:
     """MaskFormer, Mask2Former, OneFormer, DETR, ConditionalDETR (sections 2 and 3)."""
     class_logits, mask_logits = _query_fields(outputs, geometry.class_field, geometry.mask_field)
     sizes = _sizes(target_sizes, class_logits.shape[0])
-    mask_logits = as_float32(mask_logits)
+    mask_logits = mask_logits.to(restoration_dtype(class_logits, mask_logits))
     if geometry.mask_size is not None:  # Mask2Former: fixed resize of the logits before the sigmoid
-        mask_logits = F.interpolate(
-            mask_logits, size=geometry.mask_size, mode="bilinear", align_corners=False
-        )
+        mask_logits = bilinear(mask_logits, geometry.mask_size)
     scores = _query_scores(class_logits, mask_logits.sigmoid(), geometry.drop_null)
     antialias = _oneformer_antialias(antialias) if geometry.backend_resize else False
-    return _resize_groups(scores, sizes, _normalise, antialias=antialias), class_logits.shape[0]
+    groups = _resize_groups(scores, sizes, _normalise, antialias=antialias)
+    return _Restored(groups, class_logits.shape[0], geometry.class_field)
 
 
-def _restore_eomt(outputs: Any, target_sizes: Any, size: Any) -> tuple[_GroupedMaps, int]:
+def _restore_eomt(outputs: Any, target_sizes: Any, size: Any) -> _Restored:
     """EoMT: masks resized to the processor's ``size``, the mixture, then either patches merged
     per image (``patch_offsets``) or a per-image resize; finally normalised (section 2)."""
     class_logits, mask_logits = _query_fields(outputs, "class_queries_logits", "masks_queries_logits")
@@ -451,13 +474,13 @@ def _restore_eomt(outputs: Any, target_sizes: Any, size: Any) -> tuple[_GroupedM
         )
     shortest, longest = _eomt_size(size)
     offsets = _patch_offsets(field(outputs, "patch_offsets"), class_logits.shape[0])
-    mask_logits = F.interpolate(
-        as_float32(mask_logits), size=(shortest, longest or shortest), mode="bilinear", align_corners=False
+    mask_logits = bilinear(
+        mask_logits.to(restoration_dtype(class_logits, mask_logits)), (shortest, longest or shortest)
     )
     scores = _query_scores(class_logits, mask_logits.sigmoid(), drop_null=True)
     if not offsets:
         sizes = _sizes(target_sizes, scores.shape[0])
-        return _resize_groups(scores, sizes, _normalise), scores.shape[0]
+        return _Restored(_resize_groups(scores, sizes, _normalise), scores.shape[0], "class_queries_logits")
 
     images = max(image for image, _, _ in offsets) + 1
     sizes = _sizes(target_sizes, images)
@@ -465,11 +488,8 @@ def _restore_eomt(outputs: Any, target_sizes: Any, size: Any) -> tuple[_GroupedM
     if missing:
         raise ValueError(f"outputs.patch_offsets has no patch for image(s) {missing} of {images}")
     merged = _merge_patches(scores, offsets, sizes, shortest, longest)
-    groups = [
-        ([i], _normalise(F.interpolate(canvas[None], size=sizes[i], mode="bilinear", align_corners=False)))
-        for i, canvas in enumerate(merged)
-    ]
-    return groups, images
+    groups = [([i], _normalise(bilinear(canvas[None], sizes[i]))) for i, canvas in enumerate(merged)]
+    return _Restored(groups, images, "class_queries_logits")
 
 
 def _eomt_size(size: Any) -> tuple[int, int | None]:
@@ -493,6 +513,7 @@ def _eomt_size(size: Any) -> tuple[int, int | None]:
             "size must be the EoMT image processor's size, with a positive int 'shortest_edge' and an int "
             f"or None 'longest_edge'; got {size!r}"
         )
+    check_pixels((shortest, longest or shortest), "size")
     return shortest, longest
 
 
@@ -501,13 +522,15 @@ def _patch_offsets(offsets: Any, patches: int) -> list[tuple[int, int, int]]:
     if offsets is None:
         return []
     if isinstance(offsets, Tensor):
-        offsets = offsets.tolist()
+        offsets = check_readable(offsets, "outputs.patch_offsets").tolist()
     if not isinstance(offsets, Sequence) or isinstance(offsets, str):
         raise TypeError(
             f"outputs.patch_offsets must be a list of [image_index, start, end]; got {type(offsets).__name__}"
         )
     triples = []
     for entry in offsets:
+        if isinstance(entry, Tensor):
+            check_readable(entry, "outputs.patch_offsets")
         values = entry.tolist() if hasattr(entry, "tolist") else entry
         if (
             not isinstance(values, Sequence)
@@ -554,13 +577,19 @@ def _merge_patches(
     shortest: int,
     longest: int | None,
 ) -> list[Tensor]:
-    """Average overlapping patch scores on each image's canvas (official ``merge_image_patches``)."""
+    """Average overlapping patch scores on each image's canvas (official ``merge_image_patches``).
+
+    The canvases have torch's default dtype, as the official ``torch.zeros`` canvases do: float64
+    scores are accumulated in float32 there unless the default dtype is float64.
+    """
     classes = scores.shape[1]
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     canvases, counts = [], []
     for image_size in sizes:
         height, width = _eomt_canvas_size(image_size, shortest, longest)
-        canvases.append(scores.new_zeros((classes, height, width)))
-        counts.append(scores.new_zeros((1, height, width)))
+        check_pixels((height, width), f"target_sizes with size {shortest, longest} (the merge canvas)")
+        canvases.append(torch.zeros((classes, height, width), dtype=dtype, device=scores.device))
+        counts.append(torch.zeros((1, height, width), dtype=dtype, device=scores.device))
     for patch, (image, start, end) in enumerate(offsets):
         tall = sizes[image][0] > sizes[image][1]  # the official code splits along the long side
         region = (
