@@ -119,12 +119,14 @@ class TemperatureScaling:
             every image, so the fit does not depend on batch sizes or order.
         seed: seed of the subsample.
 
-    Attributes (after :meth:`fit` or :meth:`load`):
-        temperature_: float64 CPU tensor, a scalar or ``(C,)`` with ``per_class=True``.
+    Attributes:
+        temperature_: set by :meth:`fit` or :meth:`load`, like the others below: a float64 CPU
+            tensor, a scalar or ``(C,)`` with ``per_class=True``.
         num_classes_: the number of class channels of the fitted logits (``None`` for a state
             loaded without it).
         n_pixels_: labelled pixels used (sigmoid: labelled (pixel, class) elements).
-        nll_before_, nll_after_: mean NLL per labelled pixel (element) at ``T = 1`` and at the fit.
+        nll_before_: mean NLL per labelled pixel (element) at ``T = 1``.
+        nll_after_: mean NLL per labelled pixel (element) at the fitted temperature.
         n_passes_: passes over the data the fit made.
 
     Example:
@@ -167,22 +169,27 @@ class TemperatureScaling:
 
     @property
     def num_classes_(self) -> int | None:
+        """Class channels of the fitted logits (``None`` for a state loaded without it)."""
         return self._require_fitted()["num_classes"]
 
     @property
     def n_pixels_(self) -> int:
+        """Labelled pixels the fit used (sigmoid: labelled (pixel, class) elements)."""
         return self._require_fitted()["n_pixels"]
 
     @property
     def nll_before_(self) -> float:
+        """Mean NLL per labelled pixel (element) of the validation data at ``T = 1``."""
         return self._require_fitted()["nll_before"]
 
     @property
     def nll_after_(self) -> float:
+        """Mean NLL per labelled pixel (element) at the fitted temperature."""
         return self._require_fitted()["nll_after"]
 
     @property
     def n_passes_(self) -> int:
+        """Passes over the validation data the fit made."""
         return self._require_fitted()["n_passes"]
 
     def _require_fitted(self) -> dict[str, Any]:
