@@ -52,7 +52,9 @@ from ._inputs import as_tensor, check_values, to_caller
 from ._options import resolve_options
 
 __all__ = [
+    "CalibrationError",
     "SegmentationCounts",
+    "calibration_error",
     "dice_score",
     "expected_dice",
     "expected_iou",
@@ -467,3 +469,192 @@ def expected_iou(
         0.7
     """
     return _expected(probs, masks, smooth, "iou")
+
+
+# ------------------------------------------------------- calibration of the probabilities
+
+
+class CalibrationError(NamedTuple):
+    r"""Expected calibration error and the reliability-diagram data of :func:`calibration_error`.
+
+    With ``B_b`` the labelled pixels (multilabel: of one class) whose confidence falls in bin ``b``
+    (``(b / n_bins, (b + 1) / n_bins]``, the first bin closed at 0) and ``N`` all of them:
+
+        ECE = sum_b |B_b| / N * |accuracy_b - confidence_b|
+
+    Multiclass (top-label): the confidence of a pixel is its largest probability and it is correct
+    when that class (the first one on ties) is its label. Multilabel: per class, the confidence is
+    the class's probability and the outcome its 0/1 label.
+
+    Fields (float64, int64 for ``counts``; CPU tensors, or NumPy arrays for NumPy input):
+        ece: ``()`` multiclass, ``(C,)`` multilabel (NaN for a class with no labelled pixel).
+        counts: pixels per bin, ``(n_bins,)`` or ``(C, n_bins)``.
+        confidence: mean confidence per bin (NaN where a bin is empty), shaped like ``counts``.
+        accuracy: fraction correct (multilabel: positive) per bin (NaN where empty).
+        bin_edges: ``(n_bins + 1,)``, ``b / n_bins``.
+    """
+
+    ece: Tensor | np.ndarray
+    counts: Tensor | np.ndarray
+    confidence: Tensor | np.ndarray
+    accuracy: Tensor | np.ndarray
+    bin_edges: Tensor | np.ndarray
+
+    @classmethod
+    def merge(cls, parts: Sequence[CalibrationError]) -> CalibrationError:
+        """Combine the results of disjoint pixel sets (e.g. one per file) into that of their union.
+
+        >>> probs = torch.tensor([[[0.9], [0.1]], [[0.2], [0.8]]])  # (2, 2, 1): two one-pixel images
+        >>> labels = torch.tensor([[0], [0]])
+        >>> whole = calibration_error(probs, labels, n_bins=5)
+        >>> parts = [calibration_error(probs[i : i + 1], labels[i : i + 1], n_bins=5) for i in range(2)]
+        >>> bool(torch.allclose(CalibrationError.merge(parts).ece, whole.ece))
+        True
+        """
+        if not parts:
+            raise ValueError("CalibrationError.merge needs at least one part; got an empty sequence")
+        from_numpy = isinstance(parts[0].counts, np.ndarray)
+        edges = torch.as_tensor(parts[0].bin_edges)
+        counts = torch.zeros_like(torch.as_tensor(parts[0].counts))
+        confidence_sum = torch.zeros(counts.shape, dtype=torch.float64)
+        correct_sum = torch.zeros(counts.shape, dtype=torch.float64)
+        for part in parts:
+            part_counts = torch.as_tensor(part.counts)
+            if part_counts.shape != counts.shape or not torch.equal(torch.as_tensor(part.bin_edges), edges):
+                raise ValueError(
+                    "CalibrationError.merge needs parts with the same bins and classes; got counts of "
+                    f"shapes {tuple(counts.shape)} and {tuple(part_counts.shape)}"
+                )
+            counts += part_counts
+            confidence_sum += torch.as_tensor(part.confidence).nan_to_num(0.0) * part_counts
+            correct_sum += torch.as_tensor(part.accuracy).nan_to_num(0.0) * part_counts
+        result = _calibration_result(counts, confidence_sum, correct_sum, edges)
+        return CalibrationError(*(x.numpy() for x in result)) if from_numpy else result
+
+
+def calibration_error(
+    probs: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    n_bins: int = 15,
+    *,
+    ignore_index: int | None = None,
+) -> CalibrationError:
+    r"""Expected calibration error (ECE) of probability maps, with the reliability-diagram data.
+
+    Top-label ECE for multiclass labels, one ECE per class for multilabel labels (see
+    :class:`CalibrationError` for the formula and the bins). RankSEG maximises the expected Dice /
+    IoU under the probabilities, so the smaller the ECE, the closer that is to the realised score;
+    :class:`rankseg.calibration.TemperatureScaling` lowers it.
+
+    Args:
+        probs: ``(batch, classes, *spatial)`` probabilities in [0, 1] (any float dtype, any device).
+        labels: multiclass: class indices ``(batch, *spatial)`` (with at least two classes);
+            multilabel: 0/1 (or bool) ``(batch, classes, *spatial)``; for one class ``(batch, *spatial)``
+            0/1 labels are multilabel. Values equal to ``ignore_index`` are left out.
+        n_bins: number of equal-width confidence bins on [0, 1].
+        ignore_index: label value of unlabelled pixels.
+
+    Returns:
+        :class:`CalibrationError`; per-bin sums over disjoint data combine with
+        :meth:`CalibrationError.merge`.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[[0.95, 0.65, 0.25, 0.15], [0.05, 0.35, 0.75, 0.85]]])  # (1, 2, 4)
+        >>> labels = torch.tensor([[0, 1, 1, 1]])         # the second pixel is predicted wrong
+        >>> result = calibration_error(probs, labels, n_bins=5)
+        >>> result.counts                                 # (0.6, 0.8]: 0.65, 0.75; (0.8, 1]: 0.85, 0.95
+        tensor([0, 0, 0, 2, 2])
+        >>> result.accuracy[3:], result.confidence[3:]
+        (tensor([0.5000, 1.0000], dtype=torch.float64), tensor([0.7000, 0.9000], dtype=torch.float64))
+        >>> round(float(result.ece), 4)                   # (2 * |0.5 - 0.7| + 2 * |1 - 0.9|) / 4
+        0.15
+    """
+    tensor, from_numpy = as_tensor(probs)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an integer or None; got {ignore_index!r}")
+    target = _calibration_labels(labels, tensor)
+    batch, classes = tensor.shape[:2]
+    multilabel = target.dim() == tensor.dim() or classes == 1
+    if multilabel and target.dim() != tensor.dim():
+        target = target.unsqueeze(1)
+    expected = tuple(tensor.shape) if multilabel else (batch, *tensor.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"labels must have shape {expected} (multiclass: (batch, *spatial) class indices; multilabel: "
+            f"(batch, classes, *spatial) 0/1) for probs of shape {tuple(tensor.shape)}; "
+            f"got {tuple(target.shape)}"
+        )
+    if tensor.numel():
+        check_values(tensor.reshape(batch * classes, -1))
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    if multilabel:
+        allowed, bad = "0 or 1", valid & (target != 0) & (target != 1)
+    else:
+        allowed, bad = f"class indices in [0, {classes - 1}]", valid & ((target < 0) | (target >= classes))
+    if bad.any():
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        raise ValueError(f"labels must be {allowed}{extra}; found the label {int(target[bad][0])}")
+    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
+    if multilabel:
+        confidence = tensor.to(torch.float64)
+        correct = target == 1
+        groups = torch.arange(classes, device=tensor.device).reshape(1, classes, *[1] * (tensor.dim() - 2))
+        groups = groups.expand(tensor.shape)
+    else:
+        top, predicted = tensor.max(dim=1)
+        confidence = top.to(torch.float64)
+        correct = predicted == target
+        groups = torch.zeros_like(target)
+    bins = (torch.bucketize(confidence, edges.to(tensor.device)) - 1).clamp_(0, n_bins - 1)
+    flat = (groups * n_bins + bins)[valid]
+    size = (classes if multilabel else 1) * n_bins
+
+    def binned(weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+        # .to(dtype): bincount of an empty input returns int64 even with float weights
+        return torch.bincount(flat, weights=weights, minlength=size).reshape(-1, n_bins).cpu().to(dtype)
+
+    counts = binned(None, torch.int64)
+    confidence_sum = binned(confidence[valid], torch.float64)
+    correct_sum = binned(correct[valid].to(torch.float64), torch.float64)
+    if not multilabel:
+        counts, confidence_sum, correct_sum = counts[0], confidence_sum[0], correct_sum[0]
+    result = _calibration_result(counts, confidence_sum, correct_sum, edges)
+    return CalibrationError(*(x.numpy() for x in result)) if from_numpy else result
+
+
+def _calibration_labels(labels: object, probs: Tensor) -> Tensor:
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "biu":
+            raise TypeError(
+                f"labels must hold integer or bool labels; got a numpy array of dtype {labels.dtype}"
+            )
+        array = labels.astype(np.int64) if labels.dtype.kind == "u" or not labels.dtype.isnative else labels
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "array is not writable": it is only read
+            labels = torch.from_numpy(np.ascontiguousarray(array))
+    elif not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor or numpy.ndarray; got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must hold integer class indices or 0/1 masks; got dtype {labels.dtype}")
+    return labels.to(probs.device)
+
+
+def _calibration_result(
+    counts: Tensor, confidence_sum: Tensor, correct_sum: Tensor, edges: Tensor
+) -> CalibrationError:
+    """Per-bin means and the ECE ``sum_b |correct_b - confidence_b| / N`` from per-bin sums."""
+    nan = torch.full_like(confidence_sum, float("nan"))
+    filled = counts > 0
+    total = counts.sum(dim=-1).to(torch.float64)
+    gap = (correct_sum - confidence_sum).abs().sum(dim=-1)
+    ece = torch.where(total > 0, gap / total.clamp(min=1), torch.full_like(total, float("nan")))
+    return CalibrationError(
+        ece=ece,
+        counts=counts,
+        confidence=torch.where(filled, confidence_sum / counts.clamp(min=1), nan),
+        accuracy=torch.where(filled, correct_sum / counts.clamp(min=1), nan),
+        bin_edges=edges,
+    )
