@@ -1,7 +1,9 @@
-"""The ``rankseg`` command: ``predict``, ``evaluate`` and ``demo``.
+"""The ``rankseg`` command: ``predict``, ``evaluate``, ``nnunet`` and ``demo``.
 
     rankseg predict probs/*.npy --out masks/            # masks from saved probability maps
     rankseg evaluate --probs probs/ --labels labels/    # argmax against RankSEG on your data
+    rankseg nnunet pred/ --out pred_rankseg/            # after nnUNetv2_predict --save_probabilities
+    rankseg evaluate --nnunet pred/ --labels labelsTs/  # nnU-Net's segmentations against RankSEG's
     rankseg demo                                        # see it work on built-in data
 
 Every error names the file and the reason; a file that fails does not stop the others, and the
@@ -32,6 +34,7 @@ from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
 from .figures import FIGURE_FORMATS, figure_format
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES
+from .nnunet import run_command as _nnunet
 from .predict import run_command as _predict
 
 __all__ = ["main"]
@@ -127,7 +130,7 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``rankseg`` argument parser with its three subcommands."""
+    """The ``rankseg`` argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="rankseg",
         description="Metric-optimal segmentation masks (expected Dice / IoU) from saved probability maps.",
@@ -166,11 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
             "mDice^I and mIoU^I (per image, over the classes present in the labels or the prediction), "
             "mIoU^D (per class over the whole data set), time per image, and per-class gains. Labels are "
             f"integer class maps (*spatial) ({', '.join(LABEL_SUFFIXES)}), or 0/1 masks (classes, *spatial) "
-            "for multilabel output."
+            "for multilabel output. With --nnunet PRED_DIR (or --probs naming a folder with plans.json): "
+            "nnU-Net's own segmentations against RankSEG's on an nnUNetv2_predict --save_probabilities "
+            "folder, Dice per label or region and mean as nnU-Net computes it (labels: CASE<file_ending> "
+            "read with the plans' reader/writer; needs the 'nnunet' extra)."
         ),
     )
-    evaluate.add_argument(
-        "--probs", required=True, type=Path, metavar="DIR", help="folder of probability maps"
+    probs = evaluate.add_mutually_exclusive_group(required=True)
+    probs.add_argument(
+        "--probs",
+        type=Path,
+        metavar="DIR",
+        help="folder of probability maps (one holding plans.json is read as with --nnunet)",
+    )
+    probs.add_argument(
+        "--nnunet",
+        type=Path,
+        metavar="PRED_DIR",
+        help="an nnUNetv2_predict --save_probabilities folder, evaluated against --labels as nnU-Net "
+        "does (--smooth then only applies to RankSEG)",
     )
     evaluate.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label maps")
     evaluate.add_argument(
@@ -204,6 +221,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(evaluate)
     _add_model_options(evaluate, evaluate=True)
     evaluate.set_defaults(run=_evaluate, parser=evaluate)
+
+    nnunet = commands.add_parser(
+        "nnunet",
+        help="write RankSEG segmentations for an nnUNetv2_predict folder, as nnU-Net writes its own",
+        description=(
+            "Read the probabilities that 'nnUNetv2_predict ... --save_probabilities' saved in PRED_DIR "
+            "(CASE.npz with CASE.pkl, dataset.json, plans.json) and write each case's RankSEG "
+            "segmentation to OUT_DIR as nnU-Net writes its own: the plans' reader/writer, dataset.json's "
+            "file ending, the .pkl's image geometry; dataset.json and plans.json are copied beside them. "
+            "Label-based models: multiclass RankSEG; region-based models (regions_class_order): one "
+            "mask per region, then nnU-Net's region-to-label conversion. Needs the 'nnunet' extra."
+        ),
+    )
+    nnunet.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="the nnUNetv2_predict output folder")
+    nnunet.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="OUT_DIR",
+        help="folder for the segmentations (created; not PRED_DIR or inside it)",
+    )
+    nnunet.add_argument("--force", action="store_true", help="overwrite existing segmentations")
+    _add_runner_options(nnunet)
+    _add_output_options(nnunet)
+    group = nnunet.add_argument_group("RankSEG options")
+    group.add_argument(
+        "--metric", default="dice", help="metric RankSEG maximises: dice, iou or acc (default: dice)"
+    )
+    group.add_argument(
+        "--solver",
+        default=None,
+        help="RMA (default), exact, BA, TRNA, BA+TRNA; acc gives nnU-Net's own segmentations",
+    )
+    group.add_argument(
+        "--smooth", type=non_negative_float, default=0.0, help="smoothing constant of the metric (default: 0)"
+    )
+    group.add_argument(
+        "--pruning-prob",
+        type=probability,
+        default=0.5,
+        help="a label or region whose largest probability in a case is not above this gets no voxels "
+        "(default: 0.5)",
+    )
+    nnunet.set_defaults(run=_nnunet, parser=nnunet)
 
     demo = commands.add_parser(
         "demo",

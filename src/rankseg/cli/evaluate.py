@@ -439,6 +439,10 @@ def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from .nnunet import evaluate_command, evaluates_nnunet  # here: that module builds on this one
+
+    if evaluates_nnunet(args):  # --nnunet, or --probs naming a folder with plans.json
+        return evaluate_command(args)
     report = Reporter("evaluate")
     solvers = _solver_list(args, report)
     inputs = {"--probs": _input_folder(args.probs, "--probs")}
