@@ -387,6 +387,7 @@ def test_files_that_do_not_fit_the_calibration_are_named(softmax_files, calibrat
     test_logits, _ = data["test"]
     np.save(logits_dir / "case0.npy", test_logits[0].numpy())
     np.save(logits_dir / "case1.npy", torch.softmax(test_logits[1], 0).numpy())  # probabilities
+    np.save(logits_dir / "case2.npy", test_logits[2, :1].numpy())  # one channel: a sigmoid model
     head = (
         ["evaluate", "--probs", logits_dir, "--labels", root / "test" / "labels", "--ignore-index", "255"]
         if command == "evaluate"
@@ -396,6 +397,10 @@ def test_files_that_do_not_fit_the_calibration_are_named(softmax_files, calibrat
     assert status == 1
     reason = "looks like probabilities, not logits (every value is in [0, 1] and the classes sum to 1"
     assert f"error: {logits_dir / 'case1.npy'}: {reason}" in err
+    assert (
+        f"error: {logits_dir / 'case2.npy'}: has one class channel, but --calibration was fitted with "
+        "softmax over several; a one-channel model needs a sigmoid calibration" in err
+    )
     assert "case0" not in err
     status, _, err = cli(*head, "--logits", "--calibration", calibrations / "three-classes.json", "--force")
     assert status == 1

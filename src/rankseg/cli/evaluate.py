@@ -130,6 +130,12 @@ def logits_to_probs(
         _check_calibrated_logits(path, arr, calibration)
     activation = activation or ("softmax" if arr.shape[0] > 1 else "sigmoid")
     if activation == "softmax" and arr.shape[0] == 1:
+        if calibration is not None:
+            raise InputError(
+                path,
+                "has one class channel, but --calibration was fitted with softmax over several; a "
+                "one-channel model needs a sigmoid calibration ('rankseg calibrate' on its logits)",
+            )
         raise InputError(path, "has one class channel: softmax over it is always 1; use --activation sigmoid")
     scores = torch.from_numpy(arr.astype(np.float32))
     if calibration is not None:
@@ -320,8 +326,8 @@ def _evaluate_pair(task: EvalTask) -> PairResult:
             calibrated_np = None
         else:
             scores, _ = load_logits(task.probs_path)
+            calibrated_np = logits_to_probs(task.probs_path, scores, None, task.calibration)  # checks first
             probs_np = logits_to_probs(task.probs_path, scores, task.calibration.activation)
-            calibrated_np = logits_to_probs(task.probs_path, scores, None, task.calibration)
         classes = probs_np.shape[0]
         if task.num_classes is not None and classes != task.num_classes:
             raise InputError(
