@@ -401,3 +401,32 @@ def test_concept_video_frames_equal_the_official_postprocess_outputs_of_logits_o
         Sam3(calibration=state([1.0, 2.0], "sigmoid")).postprocess_video(
             case.clips[1].session, case.clips[1].outputs[-1]
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and dtypes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_temperature_follows_the_outputs_device_and_dtype(device, dtype):
+    """Half precision is restored in float32 (divided there), float64 in float64; the per-class
+    temperature moves to the outputs' device. Equal to restoring logits already divided in that dtype."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 3, 6, 7, generator=gen) * 3).to(device=device, dtype=dtype)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    per_class = [0.5, 2.0, 0.375]
+    probs = hf.restore_semantic_probs(
+        {"logits": logits}, target_sizes=[(9, 11)] * 2, calibration=state(per_class)
+    )
+    expected = hf.restore_semantic_probs(
+        {"logits": divided(logits.to(work), per_class)}, target_sizes=[(9, 11)] * 2
+    )
+    for p, e in zip(probs, expected, strict=True):
+        assert p.device == logits.device and p.dtype == work
+        assert torch.equal(p, e)
+    masks = (torch.randn(1, 2, 1, 5, 5, generator=gen) * 3).to(device=device, dtype=dtype)
+    outputs = {"pred_masks": masks, "iou_scores": torch.rand(1, 2, 1).to(device), "object_score_logits": None}
+    restored = Sam2(calibration=state(2.5, "sigmoid")).restore_mask_probs(outputs, [(8, 6)])[0]
+    plain = Sam2().restore_mask_probs({**outputs, "pred_masks": divided(masks.to(work), 2.5)}, [(8, 6)])[0]
+    assert restored.device == masks.device and restored.dtype == work
+    assert torch.equal(restored, plain)
