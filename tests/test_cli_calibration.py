@@ -524,7 +524,7 @@ def test_a_file_that_changes_between_passes_stops_the_fit_by_name(softmax_files,
 
     files = ValidationFiles(pairs, "softmax", 255, Report())
     first = list(files())
-    assert len(first) == 2 and files.used == pairs
+    assert len(first) == 2 and files.usable == pairs and files.passes == 1
     assert torch.equal(first[1][0], val_logits[1][None]) and torch.equal(
         first[1][1], val_labels[1][None].long()
     )

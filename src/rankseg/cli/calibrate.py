@@ -81,24 +81,24 @@ class ValidationFiles:
         self.activation = activation
         self.ignore_index = ignore_index
         self.report = report
-        self.used: list[_Pair] | None = None  # the pairs that passed the first pass
+        self.usable: list[_Pair] = []  # the pairs that passed the first pass (so far)
+        self.passes = 0
         self.num_classes: int | None = None
         self.first: _Pair | None = None
 
     def __call__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self._first_pass() if self.used is None else self._next_pass(self.used)
+        self.passes += 1
+        return self._first_pass() if self.passes == 1 else self._next_pass(list(self.usable))
 
     def _first_pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        used = []
         for pair in self.pairs:
             try:
                 batch = self.load(pair)
             except InputError as exc:
                 self.report.error(str(exc))
                 continue
-            used.append(pair)
+            self.usable.append(pair)
             yield batch
-        self.used = used
 
     def _next_pass(self, pairs: list[_Pair]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for pair in pairs:
@@ -207,11 +207,12 @@ def run_command(args: argparse.Namespace) -> int:
         report.error(str(exc))
         return 1
     except (ValueError, TypeError) as exc:  # the data as a whole admit no temperature
-        used = files.used if files.used is not None else []
-        if not used:
+        if not files.usable:
             report.error("no pair of files could be used; nothing to fit on")
         else:
-            report.error(f"cannot fit a temperature on the {len(used)} usable pair(s) of files: {exc}")
+            report.error(
+                f"cannot fit a temperature on the {len(files.usable)} usable pair(s) of files: {exc}"
+            )
         return 1
 
     text = (json.dumps(scaler.state_dict(), indent=2) + "\n").encode()
@@ -220,7 +221,7 @@ def run_command(args: argparse.Namespace) -> int:
     except InputError as exc:
         report.error(str(exc))
         return 1
-    used = files.used or []
+    used = files.usable
     failed = len(pairs) - len(used)
     unit = "labelled pixels" if activation == "softmax" else "labelled (pixel, class) elements"
     per = "pixel" if activation == "softmax" else "element"
