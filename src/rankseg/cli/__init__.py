@@ -1,7 +1,8 @@
-"""The ``rankseg`` command: ``predict``, ``evaluate``, ``nnunet`` and ``demo``.
+"""The ``rankseg`` command: ``predict``, ``evaluate``, ``calibrate``, ``nnunet`` and ``demo``.
 
     rankseg predict probs/*.npy --out masks/            # masks from saved probability maps
     rankseg evaluate --probs probs/ --labels labels/    # argmax against RankSEG on your data
+    rankseg calibrate --logits val/ --labels val_labels/ --out calibration.json
     rankseg nnunet pred/ --out pred_rankseg/            # after nnUNetv2_predict --save_probabilities
     rankseg evaluate --nnunet pred/ --labels labelsTs/  # nnU-Net's segmentations against RankSEG's
     rankseg demo                                        # see it work on built-in data
@@ -29,6 +30,8 @@ from pathlib import Path
 from .. import __version__
 from ._common import UsageError, int64, non_negative_float, positive_int, probability
 from ._runner import signals_handled
+from .calibrate import fraction, non_negative_int
+from .calibrate import run_command as _calibrate
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
@@ -114,7 +117,21 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
         choices=ACTIVATIONS,
         default=None,
         help="with --logits: softmax over the class axis or sigmoid per class "
-        "(default: softmax for several class channels, sigmoid for one)",
+        "(default: the calibration's with --calibration; else softmax for several class channels, "
+        "sigmoid for one)",
+    )
+    group.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --logits: divide the logits by the temperature in FILE (written by 'rankseg calibrate') "
+        "before the activation"
+        + (
+            "; the table then also shows RankSEG on the calibrated probabilities and the ECE"
+            if evaluate
+            else ""
+        ),
     )
 
 
@@ -265,6 +282,51 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 0.5)",
     )
     nnunet.set_defaults(run=_nnunet, parser=nnunet)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a temperature on validation logits and labels (for --calibration)",
+        description=(
+            "Pair logit maps (--logits, (classes, *spatial) one image per file) with label maps "
+            "(--labels) by file name without extension, as evaluate does, and fit the temperature T "
+            "that minimises the negative log-likelihood of the labels under softmax(logits / T) (or "
+            "sigmoid): temperature scaling. The files are read again on every pass of the fit, so the "
+            "validation set need not fit in memory. Writes the result as JSON to --out, for "
+            "'rankseg predict/evaluate --logits --calibration FILE' and the integrations' calibration=, "
+            "and prints the temperature(s), the NLL before and after, and the pixels used."
+        ),
+    )
+    calibrate.add_argument("--logits", required=True, type=Path, metavar="DIR", help="folder of logit maps")
+    calibrate.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label maps")
+    calibrate.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="where to write the calibration (JSON)"
+    )
+    calibrate.add_argument(
+        "--per-class", action="store_true", help="one temperature per class channel instead of one for all"
+    )
+    calibrate.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=None,
+        help="softmax over the class axis (labels: class indices) or sigmoid per class (labels: 0/1 "
+        "masks); default: softmax for several class channels, sigmoid for one",
+    )
+    calibrate.add_argument(
+        "--ignore-index", type=int64, default=None, metavar="I", help="label value left out of the fit"
+    )
+    calibrate.add_argument(
+        "--subsample",
+        type=fraction,
+        default=None,
+        metavar="F",
+        help="fit on a fraction F in (0, 1] of the pixel positions (the same in every image)",
+    )
+    calibrate.add_argument(
+        "--seed", type=non_negative_int, default=None, metavar="S", help="seed of --subsample (default: 0)"
+    )
+    calibrate.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    calibrate.add_argument("-q", "--quiet", action="store_true", help="no 'saved FILE' line")
+    calibrate.set_defaults(run=_calibrate, parser=calibrate)
 
     demo = commands.add_parser(
         "demo",
