@@ -85,9 +85,10 @@ def _predict(probs: Tensor, options: Options) -> Tensor:
             "or pass two channels (background, foreground)."
         )
     if multiclass and options.unassigned_policy == "void" and 0 <= options.void_index < classes:
+        examples = "255 or -1" if classes <= 255 else f"-1 or {classes}"  # never a class index
         raise ValueError(
             f"void_index={options.void_index} is a class index for {classes} classes; "
-            f"choose a value outside [0, {classes - 1}] (e.g. 255 or -1)"
+            f"choose a value outside [0, {classes - 1}] (e.g. {examples})"
         )
     n = math.prod(spatial)
     out_shape = (batch, *spatial) if multiclass else (batch, classes, *spatial)
