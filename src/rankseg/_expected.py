@@ -169,8 +169,10 @@ def direct_terms(p: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
     apart and enter the integrals as exponent shifts (module docstring).
     """
     p = p.to(torch.float64).masked_fill(p == 1, 0.0)[..., None]
-    factor = (1.0 - p) + p * grid.t
-    return torch.log(factor), p / factor
+    factor = p * grid.t
+    factor += 1.0 - p
+    ratio = p / factor
+    return factor.log_(), ratio
 
 
 def power_sums(values: Tensor, order: int) -> Tensor:
@@ -203,9 +205,14 @@ def integrate(grid: Grid, exponent: Tensor, log_g: Tensor, factor: Tensor | None
     ``grid``: a :class:`Grid`; ``exponent``: ``(...,)``; ``log_g`` and ``factor``: ``(..., Q)``
     (broadcastable). Entries with a non-positive exponent integrate to 0 (the 0/0 convention).
     """
-    terms = torch.exp(log_g - exponent[..., None] * grid.u) * grid.w
+    terms = torch.mul(exponent[..., None], -grid.u)  # the one work array: the rest is in place
+    shape = torch.broadcast_shapes(terms.shape, log_g.shape)
+    if terms.shape != shape:
+        terms = terms.expand(shape).clone()
+    terms += log_g
+    terms.exp_().mul_(grid.w)
     if factor is not None:
-        terms = terms * factor
+        terms *= factor
     total = terms.sum(dim=-1)
     return torch.where(exponent > 0, total, torch.zeros_like(total))
 

@@ -43,6 +43,7 @@ bound) by O(1/(tau + mu)), so only cuts whose RMA value is within that of the be
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -122,18 +123,18 @@ def _curve(ordered: Tensor, metric: str, gamma: float, grid) -> Tensor:
     taus = torch.arange(n + 1, dtype=torch.float64, device=ordered.device).expand(r, -1)
     sat_in = torch.minimum(taus, saturated)
     log_f, ratio = direct_terms(ordered, grid)  # (r, n, Q); saturated pixels give 0
-    zero = ordered.new_zeros(r, 1, len(grid))
+    cumulative = ordered.new_zeros(r, n + 1, len(grid))  # over the top tau pixels
     if metric == "dice":
-        ratio_in = torch.cat([zero, ratio.cumsum(dim=1)], dim=1)  # (r, n+1, Q)
+        torch.cumsum(ratio, dim=1, out=cumulative[:, 1:])
         del ratio
         log_g = log_f.sum(dim=1, keepdim=True)
         del log_f
-        return dice_value(grid, gamma, taus, sat_in, saturated.expand_as(taus), log_g, ratio_in)
+        return dice_value(grid, gamma, taus, sat_in, saturated.expand_as(taus), log_g, cumulative)
     del ratio
-    log_out = torch.cat([zero, log_f.cumsum(dim=1)], dim=1)
+    torch.cumsum(log_f, dim=1, out=cumulative[:, 1:])
     del log_f
-    log_out = log_out[:, -1:] - log_out  # the pixels after the top tau
-    mass = torch.cat([zero[:, :, 0], ordered.cumsum(dim=1)], dim=1)
+    log_out = cumulative.neg_().add_(cumulative[:, -1:].neg())  # the pixels after the top tau
+    mass = torch.cat([ordered.new_zeros(r, 1), ordered.cumsum(dim=1)], dim=1)
     return iou_value(grid, gamma, taus, mass, saturated - sat_in, log_out)
 
 
@@ -295,6 +296,13 @@ def _slice_cap(order: int) -> int:
     return max(4096, (1 << 20) // (order + 8))
 
 
+@functools.lru_cache(maxsize=16)
+def _grid_and_powers(n: int, gamma: float, order: int, device: torch.device):
+    """The quadrature grid of rows of ``n`` pixels and its powers ``x^k``, shared by the rows of a call."""
+    grid = make_grid(n, gamma, device)
+    return grid, powers(grid.x, order)
+
+
 class _Slice:
     """The series pixels ``lo < p <= hi`` of a row: distinct values (decreasing) and their counts,
     with the count and power sums of the series pixels above ``hi``."""
@@ -329,8 +337,7 @@ class _LongRow:
         self.order = order + 1
         self.split = self.p_bar < 1.0
         self.top = self.p_bar if self.split else _BELOW_ONE  # highest threshold of a series cut
-        self.grid = make_grid(self.n, gamma, row.device)
-        self.x_pow = powers(self.grid.x, self.order)
+        self.grid, self.x_pow = _grid_and_powers(self.n, gamma, self.order, row.device)
         self.tile = max(4096, (1 << 19) // self.order)
         self.cap = _slice_cap(self.order)
 
@@ -461,14 +468,21 @@ class _LongRow:
     def slice_powers(self, part: _Slice) -> Tensor:
         """``(m + 1, order)`` power sums of the series pixels above each cut of a slice."""
         values, counts = part.values, part.counts
-        terms = torch.stack([values**k * counts for k in range(1, self.order + 1)], dim=1)
+        term = values * counts
+        columns = [term]
+        for _ in range(self.order - 1):
+            term = term * values
+            columns.append(term)
+        terms = torch.stack(columns, dim=1)
         return part.sums_above + torch.cat([terms.new_zeros(1, self.order), terms.cumsum(dim=0)])
 
     def slice_totals(self, part: _Slice) -> tuple[float, Tensor]:
         """Count and power sums of the series pixels above the slice's lowest cut (``p > lo``)."""
         values, counts = part.values, part.counts
-        sums = torch.stack([(values**k * counts).sum() for k in range(1, self.order + 1)])
-        return part.n_above + float(counts.sum()), part.sums_above + sums
+        powers_ = values[:, None] ** torch.arange(
+            1, self.order + 1, dtype=torch.float64, device=values.device
+        )
+        return part.n_above + float(counts.sum()), part.sums_above + (powers_ * counts[:, None]).sum(dim=0)
 
     def slice_values(self, cuts: Tensor, tau: Tensor, mass: Tensor, top: Tensor) -> Tensor:
         """Exact values of the given cuts of a slice; ``top``: their power sums (slice_powers)."""
