@@ -68,9 +68,9 @@ def test_expected_metrics_of_long_rows_match_the_dynamic_programme():
     """Rows above 2048 pixels use power sums (and direct terms where the mass is small)."""
     gen = torch.Generator().manual_seed(0)
     cases = [
-        synthetic_probs(2, 3, (60, 60), seed=1).double(),  # holds pixels of exactly 1.0
-        (torch.rand(1, 2, 3000, generator=gen, dtype=torch.float64) * 0.02),  # little mass
-        torch.round(torch.rand(1, 2, 3000, generator=gen, dtype=torch.float64), decimals=1),
+        synthetic_probs(2, 3, (60, 60), seed=1).double()[:1, 1:],  # holds pixels of exactly 1.0
+        (torch.rand(1, 2, 2500, generator=gen, dtype=torch.float64) * 0.02),  # little mass
+        torch.round(torch.rand(1, 2, 2500, generator=gen, dtype=torch.float64), decimals=1),
     ]
     for probs in cases:
         masks = torch.rand(probs.shape, generator=gen) < 0.3

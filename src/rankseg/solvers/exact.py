@@ -247,9 +247,9 @@ def _side_bound(
 
 def _sample(row: Tensor) -> Tensor:
     """A strided sample of a long row, float64, sorted in decreasing order: 4096 pixels, or one in
-    64 for rows up to 16 Mi pixels (a finer start on long rows), at most 256 Ki pixels."""
+    256 for rows up to 16 Mi pixels (a finer start on long rows), at most 64 Ki pixels."""
     n = row.numel()
-    size = min(max(_SAMPLE, n // 64), 1 << 18)
+    size = min(max(_SAMPLE, n // 256), 1 << 16)
     step = max(1, n // size) | 1  # odd: no aliasing with power-of-two image widths
     return row[::step].to(torch.float64).sort(descending=True).values
 
@@ -359,11 +359,19 @@ class _LongRow:
         pieces: list[Tensor] = []
         smallest, largest = math.inf, -math.inf
         saturated, direct = 0, []
+        # work buffers reused by every tile: a float64 copy of the tile and the power-sum terms
+        buffer = torch.empty(self.tile, dtype=torch.float64, device=device)
+        if mode != "slice":
+            base = torch.empty(sums.shape[0], self.tile, dtype=torch.float64, device=device)
+            term = torch.empty_like(base)
         for c0 in range(0, self.n, self.tile):
-            y = self.row[c0 : c0 + self.tile].to(torch.float64)
-            series = y.masked_fill(y > self.p_bar if self.split else y == 1, 0.0)
+            y = buffer[: min(self.tile, self.n - c0)]
+            y.copy_(self.row[c0 : c0 + y.numel()])
+            # Without a split, pixels at 1 stay in: they are above every slice and add exactly 1
+            # to each power sum, which is taken off below. With a split, direct pixels go out.
+            series = y.masked_fill(y > self.p_bar, 0.0) if self.split else y
             above = series > hi
-            in_slice = (series > lo) & ~above
+            in_slice = (series > lo) ^ above  # lo <= hi: (lo, hi]
             cnt = int(in_slice.sum())
             if cnt:
                 inside = series[in_slice]
@@ -377,20 +385,23 @@ class _LongRow:
                 count += cnt
             if mode != "slice":
                 n_above += int(above.sum())
+                b, t = base[:, : y.numel()], term[:, : y.numel()]
+                torch.mul(series, above, out=b[0])
                 if first:
                     saturated += int((y == 1).sum())
                     if self.split:
                         direct.append(y[(y > self.p_bar) & (y < 1)])
-                    base = torch.stack([series.masked_fill(~above, 0.0), series])
-                else:
-                    base = series.masked_fill(~above, 0.0)[None]
-                term = base.clone()
+                    b[1].copy_(series)
+                t.copy_(b)
                 for k in range(order):
-                    sums[:, k] += term.sum(dim=1)
+                    sums[:, k] += t.sum(dim=1)
                     if k + 1 < order:
-                        term.mul_(base)
-                del base, term
-            del y, series, above, in_slice
+                        t.mul_(b)
+            del series, above, in_slice
+        if not self.split and mode != "slice":  # take the pixels at 1 off (module docstring)
+            known = saturated if first else self.saturated
+            sums -= known
+            n_above -= known
         if first:
             self._totals(saturated, direct, sums[1])
         if count > self.cap:
