@@ -187,7 +187,10 @@ def test_the_void_index_advice_never_proposes_a_class_index(classes):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"eps": 1e-3}, r"eps=0\.001 has no effect: it only tunes the solvers BA and TRNA, not 'RMA'"),
+        (
+            {"eps": 1e-3},
+            r"eps=0\.001 has no effect: it only tunes the solvers BA, TRNA and BA\+TRNA, not 'RMA'",
+        ),
         ({"solver": "exact", "eps": 1e-3}, r"eps=0\.001 has no effect: .* not 'exact'"),
         (
             {"output_mode": "multilabel", "unassigned_policy": "void"},

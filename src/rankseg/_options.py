@@ -115,9 +115,6 @@ def check_integer(name: str, value: object, low: int = _INT64_MIN, high: int = _
     return result
 
 
-_real = check_real
-
-
 def _resolve_solver(metric: str, output_mode: str, requested: str, chosen: bool) -> str:
     """Map a requested (canonical) solver to the one used, warning when it does not fit.
 
@@ -156,7 +153,7 @@ def _warn_ineffective(
     ignored = []
     if "eps" in solver_params and solver not in ("BA", "TRNA", "BA+TRNA"):
         ignored.append(
-            ("eps", solver_params["eps"], f"it only tunes the solvers BA and TRNA, not {solver!r}")
+            ("eps", solver_params["eps"], f"it only tunes the solvers BA, TRNA and BA+TRNA, not {solver!r}")
         )
     if output_mode == "multilabel" or metric == "acc":
         why = (
@@ -208,10 +205,10 @@ def resolve_options(
         "solver", solver, _SOLVERS, "'RMA', 'exact', 'BA', 'TRNA', 'BA+TRNA' (dice), 'argmax', 'TR' (acc)"
     )
 
-    smooth_f = _real("smooth", smooth)
+    smooth_f = check_real("smooth", smooth)
     if smooth_f < 0:
         raise ValueError(f"smooth must be >= 0; got {smooth!r}")
-    prune_f = _real("pruning_prob", pruning_prob)
+    prune_f = check_real("pruning_prob", pruning_prob)
     if not 0.0 <= prune_f <= 1.0:
         raise ValueError(f"pruning_prob must lie in [0, 1]; got {pruning_prob!r}")
 
@@ -226,7 +223,7 @@ def resolve_options(
         raise ValueError(f"unassigned_policy must be one of 'max_score', 'void'; got {policy!r}")
     policy = "".join(policy.split()).lower()
     void_index = check_integer("void_index", solver_params.get("void_index", 255))
-    eps = _real("eps", solver_params.get("eps", 1e-4))
+    eps = check_real("eps", solver_params.get("eps", 1e-4))
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must lie strictly between 0 and 1; got {solver_params.get('eps')!r}")
 
