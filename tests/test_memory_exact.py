@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-WORKING_SET = 32 * 2**20
+WORKING_SET = 40 * 2**20  # measured: 5-26 MiB over the input, depending on the C allocator's caching
 
 _SCRIPT = textwrap.dedent(
     """
