@@ -57,9 +57,17 @@ def rankseg(
         Same device as the input; a NumPy array if the input was one.
 
     Raises:
-        TypeError: ``probs`` is not a tensor/array of a floating dtype, or an option has the wrong type.
-        ValueError: wrong rank, NaN/inf or values outside [0, 1], an unknown option value, a single
-            class channel with ``output_mode="multiclass"``, or a ``void_index`` that is a class index.
+        TypeError: ``probs`` is not a dense tensor/array of a floating dtype (sparse tensors and NumPy
+            float128 or object arrays included), or an option has the wrong type.
+        ValueError: ``probs`` on the ``meta`` device, wrong rank, NaN/inf or values outside [0, 1], an
+            unknown option value, a single class channel with ``output_mode="multiclass"``, or a
+            ``void_index`` that is a class index.
+
+    Warns:
+        UserWarning: the solver falls back (it does not fit the metric or output mode), or an option
+            given has no effect in the chosen mode (``eps`` with RMA or exact, ``unassigned_policy``
+            or ``void_index`` with multilabel output or accuracy, ``void_index`` without
+            ``unassigned_policy="void"``, ``smooth`` or ``pruning_prob`` with accuracy).
 
     Example:
         >>> import torch
@@ -85,9 +93,10 @@ def _predict(probs: Tensor, options: Options) -> Tensor:
             "or pass two channels (background, foreground)."
         )
     if multiclass and options.unassigned_policy == "void" and 0 <= options.void_index < classes:
+        examples = "255 or -1" if classes <= 255 else f"-1 or {classes}"  # never a class index
         raise ValueError(
             f"void_index={options.void_index} is a class index for {classes} classes; "
-            f"choose a value outside [0, {classes - 1}] (e.g. 255 or -1)"
+            f"choose a value outside [0, {classes - 1}] (e.g. {examples})"
         )
     n = math.prod(spatial)
     out_shape = (batch, *spatial) if multiclass else (batch, classes, *spatial)

@@ -39,7 +39,7 @@ compare argmax, thresholding and RankSEG masks on data you have no ground truth 
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -48,8 +48,8 @@ import torch
 from torch import Tensor
 
 from ._expected import expected_scores
-from ._inputs import as_tensor, check_values, to_caller
-from ._options import resolve_options
+from ._inputs import as_dense, as_tensor, check_values, to_caller
+from ._options import check_integer, check_real
 
 __all__ = [
     "CalibrationError",
@@ -108,31 +108,33 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     return value  # type: ignore[return-value]
 
 
-def _as_tensor(name: str, x: object) -> tuple[Tensor, bool]:
-    if isinstance(x, np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "array is not writable": it is only read
-            return torch.from_numpy(_torch_compatible(x)), True
-    if isinstance(x, Tensor):
-        return x, False
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray; got {type(x).__name__}")
-
-
-def _torch_compatible(x: np.ndarray) -> np.ndarray:
-    """A contiguous, native-order array of a dtype torch reads (wide unsigned ints become int64)."""
-    if x.dtype.kind == "u" and x.dtype != np.uint8:
-        return x.astype(np.int64)
-    if not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    return np.ascontiguousarray(x)
+_MAX_CLASSES = 2**24  # (batch, classes) counts beyond this would take gigabytes per image
 
 
 def _check_smooth(smooth: object) -> float:
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not np.isfinite(smooth):
-        raise TypeError(f"smooth must be a finite real number >= 0; got {smooth!r}")
-    if smooth < 0:
+    """The same check as ``rankseg``'s ``smooth`` (:func:`rankseg._options.check_real`)."""
+    value = check_real("smooth", smooth)
+    if value < 0:
         raise ValueError(f"smooth must be >= 0; got {smooth!r}")
-    return float(smooth)
+    return value
+
+
+def _check_num_classes(num_classes: object) -> int | None:
+    if num_classes is None:
+        return None
+    return check_integer("num_classes", num_classes, 1, _MAX_CLASSES)
+
+
+def _as_labels(x: Tensor, name: str) -> Tensor:
+    """int64 labels; uint64 values beyond int64 are refused with their true value."""
+    if x.dtype == torch.uint64:
+        signed = x.view(torch.int64)  # values of 2**63 and above read as negative
+        wrapped = signed < 0
+        if bool(wrapped.any()):
+            value = int(signed[wrapped][0]) + 2**64
+            raise ValueError(f"{name} holds the label {value}, which does not fit in int64")
+        return signed
+    return x.long()
 
 
 def segmentation_counts(
@@ -168,19 +170,18 @@ def segmentation_counts(
         SegmentationCounts(intersection=tensor([[1, 1]]), pred=tensor([[2, 1]]), target=tensor([[1, 2]]))
     """
     input_format = _check_choice("input_format", input_format, _INPUT_FORMATS)
-    p, from_numpy = _as_tensor("preds", preds)
-    t, _ = _as_tensor("target", target)
+    p, from_numpy = as_dense(preds, "preds")
+    t, _ = as_dense(target, "target")
     if p.shape != t.shape:
         raise ValueError(
             "preds and target must have the same shape; "
             f"got preds {tuple(p.shape)} and target {tuple(t.shape)}"
         )
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-    ):
-        raise ValueError(f"num_classes must be a positive integer or None; got {num_classes!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an integer or None; got {ignore_index!r}")
+    if p.device != t.device:
+        raise ValueError(f"preds and target must be on the same device; got {p.device} and {t.device}")
+    num_classes = _check_num_classes(num_classes)
+    if ignore_index is not None:
+        ignore_index = check_integer("ignore_index", ignore_index)
     if input_format == "index":
         counts = _index_counts(p, t, num_classes, ignore_index)
     else:
@@ -201,12 +202,18 @@ def _index_counts(
             )
     if t.dim() < 2:
         raise ValueError(f"labels must have shape (batch, *spatial); got shape {tuple(t.shape)}")
-    batch = t.shape[0]
-    p = p.reshape(batch, -1).long()
-    t = t.reshape(batch, -1).long()
+    batch, pixels = t.shape[0], math.prod(t.shape[1:])
+    p = _as_labels(p, "preds").reshape(batch, pixels)
+    t = _as_labels(t, "target").reshape(batch, pixels)
     valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
     if num_classes is None:
         top = max(int(t[valid].max()) if valid.any() else -1, int(p.max()) if p.numel() else -1)
+        if top >= _MAX_CLASSES:
+            raise ValueError(
+                f"the largest label is {top}: inferring num_classes={top + 1} exceeds the limit of "
+                f"{_MAX_CLASSES} classes; pass num_classes (labels at or above it then count as no class "
+                "in preds and are refused in target), or map the labels to a smaller range"
+            )
         num_classes = max(top + 1, 1)
     bad = valid & ((t < 0) | (t >= num_classes))
     if bad.any():
@@ -244,8 +251,11 @@ def _mask_counts(
                 f"{name} must be bool or 0/1 integer masks for input_format='mask'; got dtype {x.dtype}"
             )
     batch, classes = p.shape[:2]
-    p = p.reshape(batch, classes, -1)
-    t = t.reshape(batch, classes, -1)
+    pixels = math.prod(p.shape[2:])
+    p = p.reshape(batch, classes, pixels)
+    t = t.reshape(batch, classes, pixels)
+    if p.dtype == torch.uint64 or t.dtype == torch.uint64:  # compare as int64 (0/1 and ignore_index)
+        p, t = _as_labels(p, "preds"), _as_labels(t, "target")
     valid = t != ignore_index if ignore_index is not None and t.dtype != torch.bool else None
     for name, x, keep in (("preds", p, None), ("target", t, valid)):
         if x.dtype != torch.bool:
@@ -406,10 +416,10 @@ def iou_score(
 # ------------------------------------------------------- expected metrics under the probabilities
 
 
-def _expected(probs, masks, smooth, metric: str):
-    options = resolve_options(metric=metric, smooth=smooth)
+def _expected(probs: object, masks: object, smooth: object, metric: str) -> Tensor | np.ndarray:
+    smooth = _check_smooth(smooth)
     tensor, from_numpy = as_tensor(probs)
-    mask_tensor = torch.as_tensor(masks)
+    mask_tensor, _ = as_dense(masks, "masks")
     if mask_tensor.dtype != torch.bool:
         raise TypeError(f"masks must be boolean, of the shape of probs; got dtype {mask_tensor.dtype}")
     if tuple(mask_tensor.shape) != tuple(tensor.shape):
@@ -418,13 +428,14 @@ def _expected(probs, masks, smooth, metric: str):
             f"got {tuple(mask_tensor.shape)}"
         )
     batch, classes = tensor.shape[:2]
-    if tensor.numel() == 0:
+    if batch * classes == 0:
         return to_caller(torch.zeros(batch, classes, dtype=torch.float64, device=tensor.device), from_numpy)
-    rows = tensor.reshape(batch * classes, -1)
-    check_values(rows)
-    scores = expected_scores(
-        rows, mask_tensor.to(tensor.device).reshape(batch * classes, -1), metric, options.smooth
-    )
+    pixels = math.prod(tensor.shape[2:])
+    rows = tensor.reshape(batch * classes, pixels)
+    if pixels:
+        check_values(rows)
+    flat_masks = mask_tensor.to(tensor.device).reshape(batch * classes, pixels)
+    scores = expected_scores(rows, flat_masks, metric, smooth)
     return to_caller(scores.reshape(batch, classes), from_numpy)
 
 
