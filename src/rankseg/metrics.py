@@ -40,6 +40,7 @@ compare argmax, thresholding and RankSEG masks on data you have no ground truth 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
