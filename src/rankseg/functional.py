@@ -79,6 +79,16 @@ def rankseg(
         torch.Size([1, 2, 4])
     """
     options = resolve_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
+    return rankseg_resolved(probs, options)
+
+
+def rankseg_resolved(probs: Tensor | np.ndarray, options: Options) -> Tensor | np.ndarray:
+    """:func:`rankseg` with options already checked by :func:`rankseg._options.resolve_options`.
+
+    For the integrations, which check (and warn about) the user's options once and then decide
+    many items: passing the canonical values back through :func:`rankseg` would repeat the check and
+    warn about defaults the user never gave.
+    """
     tensor, from_numpy = as_tensor(probs)
     return to_caller(_predict(tensor, options), from_numpy)
 
