@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._inputs import as_dense
 from .._options import resolve_options
 from .._predictor import RankSEG
 from ..calibration import TemperatureScaling, resolve_calibration
@@ -49,16 +50,10 @@ def field(outputs: Any, name: str) -> Any:
 
 
 def check_readable(tensor: Tensor, name: str) -> Tensor:
-    """Refuse tensors whose values cannot be read as a dense array: sparse (or any non-strided)
-    layouts (``TypeError``) and the ``meta`` device, which holds shapes but no values (``ValueError``)."""
-    if tensor.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense tensor; got layout {tensor.layout}. Pass tensor.to_dense()")
-    if tensor.is_meta:
-        raise ValueError(
-            f"{name} is on the meta device, which holds shapes but no values; run the model on a real "
-            "device (cpu, cuda, ...)"
-        )
-    return tensor
+    """Refuse tensors whose values cannot be read as a dense array (the core's one check,
+    :func:`rankseg._inputs.as_dense`): sparse, nested or quantized layouts (``TypeError``) and the
+    ``meta`` device, which holds shapes but no values (``ValueError``), naming ``name``."""
+    return as_dense(tensor, name)[0]
 
 
 def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool = True) -> Tensor | None:
