@@ -144,6 +144,61 @@ def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temporary_one(tmp_pa
     assert (tmp_path / "kept.npy").read_bytes() == b"old"
 
 
+# An interrupt (the runner's SIGTERM handler raises once, as Ctrl-C does) at any moment of a
+# write: hundreds of interrupts a second land between every two steps of staging and committing.
+_INTERRUPTED_WRITES = """
+import os, random, signal, sys, tempfile, threading, time
+from pathlib import Path
+from rankseg.cli.io import atomic_group, write_atomic
+
+armed = False
+def interrupt(signum, frame):
+    global armed
+    if armed:
+        armed = False
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, interrupt)
+folder, stop = Path(sys.argv[1]), False
+def shooter():  # from another thread, as a signal may reach any of torch's threads
+    rng = random.Random(0)
+    while not stop:
+        time.sleep(rng.uniform(0, 2e-4))
+        os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=shooter, daemon=True).start()
+interrupted, i, deadline = 0, 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    i += 1
+    try:
+        armed = True
+        with atomic_group():
+            write_atomic(folder / f"{i}.npy", lambda f: f.write(b"x" * 64))
+            write_atomic(folder / f"{i}.png", lambda f: f.write(b"y" * 64))
+        armed = False
+    except KeyboardInterrupt:
+        interrupted += 1
+stop = True
+print(interrupted)
+"""
+
+
+def test_an_interrupt_at_any_moment_of_a_write_leaves_no_temporary_file_and_no_half_case(tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_WRITES, str(tmp_path), "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 100  # the interrupts did land
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in names if n.startswith(".")] == []
+    stems = [n.rsplit(".", 1)[0] for n in names]
+    assert all(stems.count(stem) == 2 for stem in stems)  # x.npy only with x.png
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
