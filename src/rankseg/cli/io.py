@@ -548,6 +548,7 @@ def _signals_held() -> Iterator[None]:
         return
     received: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
+
     def record(number: int, frame: object) -> None:
         received.append(number)
 
