@@ -116,13 +116,20 @@ def data(tmp_path_factory):
 
 
 def test_predict_on_dask_writes_the_same_bytes_and_lines_as_one_process(data, cluster, tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
     probs, _ = data
-    status, single_out, _ = main_in_process(["predict", probs, "--out", tmp_path / "one"], capsys)
+    more = tmp_path / "more"  # beside the folder: a one-class map (bool masks) and a NIfTI volume
+    more.mkdir()
+    np.save(more / "one_class.npy", probs_map(9, classes=1, spatial=(30, 20)))
+    affine = np.diag([0.7, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(probs_map(5, spatial=(8, 10, 6)), affine), more / "scan.nii.gz")
+    inputs = [probs, more / "one_class.npy", more / "scan.nii.gz"]
+    status, single_out, _ = main_in_process(["predict", *inputs, "--out", tmp_path / "one"], capsys)
     assert status == 0
-    remote = run("predict", probs, "--out", tmp_path / "remote", "--dask", ready(cluster), "--progress")
-    local = run("predict", probs, "--out", tmp_path / "local", "--dask", "local", "--workers", "2")
+    remote = run("predict", *inputs, "--out", tmp_path / "remote", "--dask", ready(cluster), "--progress")
+    local = run("predict", *inputs, "--out", tmp_path / "local", "--dask", "local", "--workers", "2")
     written = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert len(written) == 13  # 7 masks, and a PNG beside each of the six 2-D ones
+    assert len(written) == 15  # 9 masks, and a PNG beside each of the six 2-D multiclass ones
     for result, name in ((remote, "remote"), (local, "local")):
         assert result.returncode == 0, result.stderr
         assert errors(result.stderr) == []
@@ -130,7 +137,7 @@ def test_predict_on_dask_writes_the_same_bytes_and_lines_as_one_process(data, cl
         for file in written:
             assert (tmp_path / "one" / file).read_bytes() == (tmp_path / name / file).read_bytes(), file
         assert result.stdout == single_out.replace(str(tmp_path / "one"), str(tmp_path / name))
-    assert "rankseg predict [####################] 7/7 " in remote.stderr  # one step per file
+    assert "rankseg predict [####################] 9/9 " in remote.stderr  # one step per file
 
 
 def _without_times(table):
