@@ -453,17 +453,28 @@ def write_atomic(path: os.PathLike | str, write: Callable[[BinaryIO], None], *, 
 
 def _stage(path: Path, write: Callable[[BinaryIO], None], force: bool) -> _Staged:
     suffix = split_suffix(path)[1]
-    # the temporary name is hidden (folder listings skip it) and short enough for any final name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
+    f: BinaryIO | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        # an interrupt during the open() would be raised as mkstemp returns, before the file is
+        # known here: held back until it is (then raised inside this try, which removes it)
+        with _signals_held():
+            # the temporary name is hidden (folder listings skip it) and short enough for any final name
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent
+            )
+            tmp = Path(tmp_name)
+            f = os.fdopen(fd, "wb")
+        with f:
             write(_Sink(f))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if f is not None:
+            f.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return _Staged(path, tmp, force)
 
