@@ -73,6 +73,7 @@ def cluster():
     retry (Dask's default is three) so that a task that always kills its worker fails fast; and a
     worker holds only the task it runs (worker-saturation 1.0; Dask's default 1.1 lets it hold one
     more, which its death would count against too)."""
+    environ = dict(os.environ)
     with (
         dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
         distributed.LocalCluster(
@@ -86,6 +87,8 @@ def cluster():
         distributed.Client(local, set_as_default=False) as client,
     ):
         yield client
+    os.environ.clear()  # a nanny sets OMP_NUM_THREADS=1 and more here before it starts a worker
+    os.environ.update(environ)
 
 
 def ready(client):
