@@ -182,3 +182,152 @@ def trna_reference(p: np.ndarray, gamma: float, eps: float) -> np.ndarray:
         if gamma > 0:
             scores[tau] += gamma * np.sum(full / (tau + support + gamma))
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Exact expected Dice / IoU by Poisson-binomial dynamic programming (issue 9: an independent
+# reference for the generating-function integrals of rankseg._expected, over the whole range).
+# --------------------------------------------------------------------------------------------
+
+
+def poisson_binomial_pmf(p: np.ndarray) -> np.ndarray:
+    """``P(sum_j Y_j = k)``, ``k = 0..d``, for independent ``Y_j ~ Bernoulli(p_j)``: one
+    convolution with ``(1 - p_j, p_j)`` per pixel (float64, O(d^2))."""
+    pmf = np.ones(1)
+    for pj in np.asarray(p, dtype=np.float64).ravel():
+        nxt = np.zeros(pmf.size + 1)
+        nxt[:-1] += (1.0 - pj) * pmf
+        nxt[1:] += pj * pmf
+        pmf = nxt
+    return pmf
+
+
+def leave_one_out_pmfs(pmf: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Rows ``j``: the pmf of the count without pixel ``j`` (length ``d``), by dividing the factor
+    ``(1 - p_j) + p_j t`` out of the generating function.
+
+    ``pmf_k = (1 - p) r_k + p r_(k-1)`` is solved for ``r`` forwards when ``p <= 1/2`` and backwards
+    otherwise, so that the recursion never amplifies rounding errors (factor ``min(p, 1-p) /
+    max(p, 1-p) <= 1``); ``p`` of exactly 0 or 1 is exact.
+    """
+    d = pmf.size - 1
+    p = np.asarray(p, dtype=np.float64).ravel()
+    out = np.zeros((p.size, d))
+    low = p <= 0.5
+    if d == 0:
+        return out
+    if low.any():
+        pl, ql = p[low], 1.0 - p[low]
+        r = np.empty((pl.size, d))
+        r[:, 0] = pmf[0] / ql
+        for k in range(1, d):
+            r[:, k] = (pmf[k] - pl * r[:, k - 1]) / ql
+        out[low] = r
+    if (~low).any():
+        ph, qh = p[~low], 1.0 - p[~low]
+        r = np.empty((ph.size, d))
+        r[:, d - 1] = pmf[d] / ph
+        for k in range(d - 1, 0, -1):
+            r[:, k - 1] = (pmf[k] - qh * r[:, k]) / ph
+        out[~low] = r
+    return out
+
+
+def dp_prefix_values(metric: str, p: np.ndarray, gamma: float) -> np.ndarray:
+    """Exact expected metric of every prefix set ``{pixels 0..tau-1}``, ``tau = 0..d``, of ``p`` in
+    the order given (O(d^2) time; float64).
+
+    With ``A`` the true positives among the first ``tau`` pixels, ``B`` the true pixels after them and
+    ``Gamma = A + B``:
+
+    * IoU: ``(|M ∩ Y| + gamma) / (tau + B + gamma)`` with ``A``, ``B`` independent, so the value is
+      ``(s_tau + gamma) E[1 / (tau + gamma + B)]``, ``B``'s pmf by a suffix DP.
+    * Dice: ``E[(2 A + gamma) / (tau + gamma + Gamma)] = sum_k (2 E[A; Gamma = k] + gamma P(Gamma = k))
+      / (tau + gamma + k)`` with ``E[A; Gamma = k] = sum_{j < tau} p_j P(Gamma_{-j} = k - 1)``.
+
+    0/0 (empty mask and empty truth with ``gamma = 0``) counts 0.
+    """
+    p = np.asarray(p, dtype=np.float64).ravel()
+    d = p.size
+    out = np.zeros(d + 1)
+    if metric == "iou":
+        prefix_mass = np.concatenate([[0.0], np.cumsum(p)])
+        suffix = np.ones(1)  # pmf of B for tau = d
+        for tau in range(d, -1, -1):
+            b = np.arange(suffix.size)
+            den = tau + gamma + b
+            if prefix_mass[tau] + gamma > 0:
+                out[tau] = (prefix_mass[tau] + gamma) * np.sum(suffix / den)
+            if tau > 0:
+                pj = p[tau - 1]
+                nxt = np.zeros(suffix.size + 1)
+                nxt[:-1] += (1.0 - pj) * suffix
+                nxt[1:] += pj * suffix
+                suffix = nxt
+        return out
+    pmf = poisson_binomial_pmf(p)
+    k = np.arange(d + 1)
+    if gamma > 0:
+        out[0] = gamma * np.sum(pmf / (gamma + k))
+    joint = np.zeros(d + 1)  # E[A_tau; Gamma = k]
+    block = max(256, (1 << 21) // max(d, 1))
+    for j0 in range(0, d, block):
+        pj = p[j0 : j0 + block]
+        rows = leave_one_out_pmfs(pmf, pj) * pj[:, None]  # (b, d): p_j P(Gamma_-j = k - 1) at k - 1
+        cumulative = joint[None, 1:] + np.cumsum(rows, axis=0)
+        for i in range(pj.size):
+            tau = j0 + i + 1
+            numer = 2.0 * np.concatenate([[0.0], cumulative[i]]) + gamma * pmf
+            out[tau] = np.sum(numer / (tau + gamma + k))
+        joint[1:] = cumulative[-1]
+    return out
+
+
+def dp_curve(metric: str, p: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dp_prefix_values` of ``p`` sorted decreasingly (every top-tau set), and that order."""
+    ordered = np.sort(np.asarray(p, dtype=np.float64).ravel())[::-1]
+    return dp_prefix_values(metric, ordered, gamma), ordered
+
+
+def dp_mask_value(metric: str, p: np.ndarray, mask: np.ndarray, gamma: float) -> float:
+    """Exact expected metric of any mask: the prefix value with the mask's pixels put first."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    mask = np.asarray(mask, dtype=bool).ravel()
+    order = np.concatenate([p[mask], p[~mask]])
+    return float(dp_prefix_values(metric, order, gamma)[int(mask.sum())])
+
+
+def fraction_prefix_values(metric: str, p, gamma) -> list:
+    """:func:`dp_prefix_values` in exact rational arithmetic (``fractions.Fraction``), by the
+    obvious double sum over the independent counts ``A`` (first ``tau`` pixels) and ``B`` (the
+    rest): O(d^3), for tiny rows. Floats are converted exactly."""
+    from fractions import Fraction
+
+    p = [Fraction(float(x)) for x in np.asarray(p, dtype=np.float64).ravel()]
+    gamma = Fraction(float(gamma)) if not isinstance(gamma, Fraction) else gamma
+    d = len(p)
+
+    def pmf(values):
+        out = [Fraction(1)]
+        for pj in values:
+            nxt = [Fraction(0)] * (len(out) + 1)
+            for k, w in enumerate(out):
+                nxt[k] += (1 - pj) * w
+                nxt[k + 1] += pj * w
+            out = nxt
+        return out
+
+    values = []
+    for tau in range(d + 1):
+        pa, pb = pmf(p[:tau]), pmf(p[tau:])
+        total = Fraction(0)
+        for a, wa in enumerate(pa):
+            for b, wb in enumerate(pb):
+                if metric == "dice":
+                    num, den = 2 * a + gamma, tau + a + b + gamma
+                else:
+                    num, den = a + gamma, tau + b + gamma
+                if den > 0:
+                    total += wa * wb * num / den
+        values.append(total)
+    return values

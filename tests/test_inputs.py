@@ -171,3 +171,83 @@ def test_expected_metrics_accept_inputs_that_require_grad():
 
     probs = torch.sigmoid(torch.randn(1, 1, 60, 60, requires_grad=True))
     assert torch.equal(expected_dice(probs, probs > 0.5), expected_dice(probs.detach(), probs.detach() > 0.5))
+
+
+# ----------------------------------------------------------------- issue 9, item 4: odd tensors and arrays
+
+from rankseg.metrics import dice_score, expected_dice, expected_iou, iou_score  # noqa: E402
+
+LABELS = torch.zeros(1, 4, dtype=torch.long)
+
+
+def _entry_points(probs=None, masks=None, preds=None, target=None):
+    """Every public call that takes the argument, with the others valid."""
+    probs_ok, masks_ok = torch.rand(1, 2, 4), torch.zeros(1, 2, 4, dtype=torch.bool)
+    calls = []
+    if probs is not None:
+        calls += [
+            ("probs", lambda: rankseg(probs)),
+            ("probs", lambda: RankSEG(output_mode="multilabel")(probs)),
+            ("probs", lambda: expected_dice(probs, masks_ok)),
+        ]
+    if masks is not None:
+        calls += [("masks", lambda: expected_iou(probs_ok, masks))]
+    if preds is not None:
+        calls += [
+            ("preds", lambda: dice_score(preds, LABELS, 3)),
+            ("preds", lambda: iou_score(preds, LABELS, 3)),
+        ]
+    if target is not None:
+        calls += [("target", lambda: dice_score(LABELS, target, 3))]
+    return calls
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda shape, dtype: torch.zeros(shape, dtype=dtype, device="meta"),
+        lambda shape, dtype: torch.zeros(shape, dtype=dtype).to_sparse(),
+        lambda shape, dtype: torch.zeros(shape, dtype=dtype).to_sparse_csr() if len(shape) == 2 else None,
+    ],
+    ids=["meta", "sparse_coo", "sparse_csr"],
+)
+def test_meta_and_sparse_tensors_get_an_error_naming_the_argument(make):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        arguments = {
+            "probs": make((1, 2, 4), torch.float32),
+            "masks": make((1, 2, 4), torch.bool),
+            "preds": make((1, 4), torch.long),
+            "target": make((1, 4), torch.long),
+        }
+    arguments = {k: v for k, v in arguments.items() if v is not None}
+    calls = _entry_points(**arguments)
+    assert calls
+    for name, call in calls:
+        with pytest.raises(
+            (TypeError, ValueError), match=rf"^{name} (is on the 'meta' device|must be a dense tensor)"
+        ):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, object, "U2", "datetime64[s]", np.clongdouble])
+def test_numpy_arrays_torch_cannot_hold_get_an_error_naming_the_argument(dtype):
+    def array(shape):
+        return np.zeros(shape).astype(dtype)
+
+    calls = _entry_points(
+        probs=array((1, 2, 4)), masks=array((1, 2, 4)), preds=array((1, 4)), target=array((1, 4))
+    )
+    for name, call in calls:
+        with pytest.raises(TypeError, match=rf"^{name} must .*got a numpy array of dtype"):
+            call()
+
+
+def test_meta_and_sparse_inputs_are_left_untouched():
+    sparse = torch.rand(1, 2, 4).to_sparse()
+    before = sparse.to_dense().clone()
+    with pytest.raises(TypeError):
+        rankseg(sparse)
+    assert sparse.is_sparse and torch.equal(sparse.to_dense(), before)

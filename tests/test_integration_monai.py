@@ -389,7 +389,16 @@ def test_rankseg_d_takes_every_option_per_key_and_leaves_the_input_dict_alone():
         unassigned_policy=["max_score", "max_score", "max_score", "void"],
         void_index=7,
     )
-    out = transform(data)
+    with pytest.warns(UserWarning, match="has no effect") as caught:
+        out = transform(data)
+    # void_index for a (max_score), both unassigned options for b (multilabel) and c (acc)
+    assert sorted(str(w.message).split("=")[0] for w in caught) == [
+        "unassigned_policy",
+        "unassigned_policy",
+        "void_index",
+        "void_index",
+        "void_index",
+    ]
     same_output(out["a"], RankSEG(metric="dice", to_onehot=4)(three))
     same_output(out["b"], RankSEG(metric="iou", smooth=1.0)(one))
     same_output(out["c"], AsDiscrete(argmax=True, to_onehot=3)(Activations(softmax=True)(logits)))

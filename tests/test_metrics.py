@@ -272,3 +272,81 @@ def test_inputs_are_not_modified():
 def test_errors_name_the_argument_the_value_and_what_is_allowed(call, message):
     with pytest.raises((ValueError, TypeError), match=re.escape(message)):
         call()
+
+
+# ----------------------------------------------------------------- issue 9, items 3 and 5
+
+
+@pytest.mark.parametrize("fn", [dice_score, iou_score])
+def test_empty_batches_classes_and_images_give_empty_or_nan_results(fn):
+    empty_index = torch.zeros(0, 5, 5, dtype=torch.long)
+    assert fn(empty_index, empty_index, 3, average="none").shape == (0, 3)
+    assert fn(empty_index, empty_index, 3, reduction="none").shape == (0,)
+    assert math.isnan(fn(empty_index, empty_index, 3))
+    assert math.isnan(fn(empty_index, empty_index))  # num_classes inferred from no labels
+    no_classes = torch.zeros(2, 0, 5, dtype=torch.bool)
+    assert fn(no_classes, no_classes, input_format="mask", average="none").shape == (2, 0)
+    assert math.isnan(fn(no_classes, no_classes, input_format="mask"))
+    no_images = torch.zeros(0, 3, 4, 4, dtype=torch.bool)
+    assert fn(no_images, no_images, input_format="mask", average="class", reduction="none").shape == (3,)
+    no_pixels = torch.zeros(2, 0, dtype=torch.long)
+    assert torch.isnan(fn(no_pixels, no_pixels, 3, average="none")).all()
+    counts = segmentation_counts(np.zeros((0, 7), dtype=np.int64), np.zeros((0, 7), dtype=np.int64), 4)
+    assert all(isinstance(x, np.ndarray) and x.shape == (0, 4) for x in counts)
+
+
+def test_metrics_accept_numpy_scalars_and_fractions_as_rankseg_does():
+    from fractions import Fraction
+
+    preds, target = random_labels(4, ignore=255)
+    base = dice_score(preds, target, 4, smooth=0.5, ignore_index=255, average="none")
+    for smooth, ignore, classes in [
+        (np.float32(0.5), np.int64(255), np.int64(4)),
+        (Fraction(1, 2), np.uint8(255), np.int32(4)),
+        (np.float64(0.5), 255, np.int16(4)),
+    ]:
+        got = dice_score(preds, target, classes, smooth=smooth, ignore_index=ignore, average="none")
+        torch.testing.assert_close(got, base, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"ignore_index": 2**64}, ValueError, "ignore_index must fit in int64"),
+        ({"ignore_index": -(2**63) - 1}, ValueError, "ignore_index must fit in int64"),
+        ({"ignore_index": True}, TypeError, "ignore_index must be an integer; got True"),
+        ({"ignore_index": np.bool_(True)}, TypeError, "ignore_index must be an integer; got"),
+        ({"ignore_index": 2.0}, TypeError, "ignore_index must be an integer; got 2.0"),
+        ({"num_classes": 10**12}, ValueError, "num_classes must lie in [1, 16777216]; got 1000000000000"),
+        ({"num_classes": 0}, ValueError, "num_classes must lie in [1, 16777216]; got 0"),
+        ({"num_classes": True}, TypeError, "num_classes must be an integer; got True"),
+        ({"num_classes": 3.0}, TypeError, "num_classes must be an integer; got 3.0"),
+        ({"smooth": True}, TypeError, "smooth must be a real number; got True"),
+        ({"smooth": "1"}, TypeError, "smooth must be a real number; got '1'"),
+        ({"smooth": float("inf")}, ValueError, "smooth must be finite; got inf"),
+    ],
+)
+def test_metric_options_are_checked_as_rankseg_checks_them(kwargs, error, message):
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    kwargs = {"num_classes": 3, **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        dice_score(labels, labels, kwargs.pop("num_classes"), **kwargs)
+
+
+def test_a_huge_label_is_refused_before_anything_is_allocated():
+    preds = torch.zeros(1, 4, dtype=torch.long)
+    target = torch.tensor([[0, 1, 10**12, 1]])
+    with pytest.raises(ValueError, match=r"the largest label is 1000000000000: inferring num_classes"):
+        dice_score(preds, target)
+    with pytest.raises(
+        ValueError, match=r"target holds the label 1000000000000; labels must lie in \[0, 2\]"
+    ):
+        dice_score(preds, target, 3)
+
+
+def test_uint64_labels_beyond_int64_are_reported_with_their_value():
+    target = np.array([[0, 1, 2**63 + 5]], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"target holds the label 9223372036854775813"):
+        dice_score(np.zeros((1, 3), dtype=np.int64), target, 3)
+    ok = np.array([[0, 1, 2]], dtype=np.uint64)
+    assert dice_score(ok, ok, 3).item() == 1.0

@@ -33,8 +33,9 @@ def _softmax_maps(seed, b, c, *spatial, scale=3.0):
 def test_labels_follow_the_resolution_rule(seed, b, c, n, metric, gamma, policy, pruning, scale):
     """Same labels as a pixel-by-pixel re-statement of section 6 on brute-force RMA masks."""
     probs = _softmax_maps(seed, b, c, n, scale=scale).numpy()
+    void = {"void_index": -1} if policy == "void" else {}  # elsewhere it has no effect (and warns)
     labels = rankseg(
-        probs, metric=metric, smooth=gamma, pruning_prob=pruning, unassigned_policy=policy, void_index=-1
+        probs, metric=metric, smooth=gamma, pruning_prob=pruning, unassigned_policy=policy, **void
     )
     masks = rma_threshold_masks(metric, probs, gamma, pruning)
     pruned = probs.max(axis=2) <= pruning

@@ -148,3 +148,96 @@ def test_accuracy_with_the_default_solver_does_not_warn():
         assert RankSEG(metric="acc").solver == "RMA"
         assert torch.equal(RankSEG(metric="acc")(PROBS), PROBS.argmax(1))
         assert torch.equal(rankseg(PROBS, metric="acc", output_mode="multilabel"), PROBS > 0.5)
+
+
+# ----------------------------------------------------------------- issue 9, items 5, 6 and 10
+
+
+def test_numpy_scalars_and_fractions_are_accepted_like_python_numbers():
+    from fractions import Fraction
+
+    import numpy as np
+
+    base = rankseg(PROBS, smooth=0.5, pruning_prob=0.25, unassigned_policy="void", void_index=7)
+    for smooth, prune, void in [
+        (np.float32(0.5), np.float64(0.25), np.int64(7)),
+        (Fraction(1, 2), Fraction(1, 4), np.uint8(7)),
+    ]:
+        got = rankseg(PROBS, smooth=smooth, pruning_prob=prune, unassigned_policy="void", void_index=void)
+        assert torch.equal(got, base)
+    with pytest.raises(TypeError, match=r"void_index must be an integer"):
+        rankseg(PROBS, unassigned_policy="void", void_index=np.bool_(True))
+
+
+@pytest.mark.parametrize("classes", [2, 255, 256, 257, 300])
+def test_the_void_index_advice_never_proposes_a_class_index(classes):
+    import re
+
+    probs = torch.softmax(torch.randn(1, classes, 2, 2, generator=torch.Generator().manual_seed(0)), dim=1)
+    for void_index in {0, classes - 1, min(255, classes - 1)}:
+        with pytest.raises(ValueError, match=r"is a class index") as info:
+            rankseg(probs, unassigned_policy="void", void_index=void_index)
+        advice = re.search(r"\(e\.g\. (-?\d+) or (-?\d+)\)", str(info.value))
+        assert advice is not None
+        suggested = [int(x) for x in advice.groups()]
+        assert all(not 0 <= value < classes for value in suggested), (classes, suggested)
+        rankseg(probs, unassigned_policy="void", void_index=suggested[0])  # the advice works
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"eps": 1e-3},
+            r"eps=0\.001 has no effect: it only tunes the solvers BA, TRNA and BA\+TRNA, not 'RMA'",
+        ),
+        ({"solver": "exact", "eps": 1e-3}, r"eps=0\.001 has no effect: .* not 'exact'"),
+        (
+            {"output_mode": "multilabel", "unassigned_policy": "void"},
+            r"unassigned_policy='void' has no effect: output_mode='multilabel' assigns no labels",
+        ),
+        (
+            {"output_mode": "multilabel", "void_index": 7},
+            r"void_index=7 has no effect: output_mode='multilabel' assigns no labels",
+        ),
+        ({"void_index": 7}, r"void_index=7 has no effect: it is only written with unassigned_policy='void'"),
+        (
+            {"unassigned_policy": "max_score", "void_index": 7},
+            r"void_index=7 has no effect: it is only written with unassigned_policy='void'",
+        ),
+        (
+            {"metric": "acc", "unassigned_policy": "void"},
+            r"unassigned_policy='void' has no effect: metric 'acc'",
+        ),
+        ({"metric": "acc", "smooth": 1.0}, r"smooth=1\.0 has no effect: metric 'acc' has no smoothing"),
+        (
+            {"metric": "acc", "pruning_prob": 0.2},
+            r"pruning_prob=0\.2 has no effect: metric 'acc' prunes no class",
+        ),
+    ],
+)
+def test_options_without_effect_warn_naming_the_option_and_why(kwargs, message):
+    with pytest.warns(UserWarning, match=message):
+        out = rankseg(PROBS, **kwargs)
+    with pytest.warns(UserWarning, match=message):
+        RankSEG(**kwargs)(PROBS)
+    ineffective = {"eps", "unassigned_policy", "void_index", "smooth", "pruning_prob"}
+    plain = {k: v for k, v in kwargs.items() if k not in ineffective}
+    assert torch.equal(out, rankseg(PROBS, **plain))  # and indeed they change nothing
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"solver": "BA", "eps": 1e-3},
+        {"solver": "BA+TRNA", "eps": 1e-3},
+        {"unassigned_policy": "void", "void_index": 7},
+        {"unassigned_policy": "max_score"},
+        {"metric": "acc", "smooth": 0.0, "pruning_prob": 0.5},
+        {"output_mode": "multilabel", "smooth": 1.0, "pruning_prob": 0.2},
+    ],
+)
+def test_options_with_an_effect_do_not_warn(kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rankseg(PROBS, **kwargs)

@@ -12,7 +12,9 @@ import numbers
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_SOLVER", "Options", "resolve_options"]
+import numpy as np
+
+__all__ = ["DEFAULT_SOLVER", "Options", "check_integer", "check_real", "resolve_options"]
 
 
 class _DefaultSolver(str):
@@ -72,13 +74,45 @@ def _normalise(name: str, value: object, table: dict[str, str], allowed: str) ->
     return table[key]
 
 
-def _real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
+    """A finite real number as a float: Python and NumPy numbers and ``Fraction``, never ``bool``.
+
+    The one check of every real option (``smooth``, ``pruning_prob``, ``eps``) in ``rankseg``, the
+    metrics and the integrations. Range checks are the caller's.
+
+    >>> from fractions import Fraction
+    >>> check_real("smooth", np.float32(0.5)), check_real("smooth", Fraction(1, 4))
+    (0.5, 0.25)
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
+    result = float(value)
+    if not math.isfinite(result):
         raise ValueError(f"{name} must be finite; got {value!r}")
-    return value
+    return result
+
+
+def check_integer(name: str, value: object, low: int = _INT64_MIN, high: int = _INT64_MAX) -> int:
+    """An integer in ``[low, high]`` (by default: that fits in int64) as an ``int``: Python and
+    NumPy integers, never ``bool``.
+
+    The one check of every integer option (``void_index``, ``ignore_index``, ``num_classes``).
+
+    >>> check_integer("ignore_index", np.int64(255))
+    255
+    >>> check_integer("ignore_index", 2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: ignore_index must fit in int64 (-2**63 to 2**63 - 1); got 18446744073709551616
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__})")
+    result = int(value)
+    if not low <= result <= high:
+        if (low, high) == (_INT64_MIN, _INT64_MAX):
+            raise ValueError(f"{name} must fit in int64 (-2**63 to 2**63 - 1); got {value!r}")
+        raise ValueError(f"{name} must lie in [{low}, {high}]; got {value!r}")
+    return result
 
 
 def _resolve_solver(metric: str, output_mode: str, requested: str, chosen: bool) -> str:
@@ -106,6 +140,45 @@ def _resolve_solver(metric: str, output_mode: str, requested: str, chosen: bool)
     return requested
 
 
+def _warn_ineffective(
+    metric: str,
+    output_mode: str,
+    solver: str,
+    policy: str,
+    smooth: float,
+    pruning_prob: float,
+    solver_params: dict[str, object],
+) -> None:
+    """Warn (``UserWarning``) about each option the user gave that the chosen mode ignores."""
+    ignored = []
+    if "eps" in solver_params and solver not in ("BA", "TRNA", "BA+TRNA"):
+        ignored.append(
+            ("eps", solver_params["eps"], f"it only tunes the solvers BA, TRNA and BA+TRNA, not {solver!r}")
+        )
+    if output_mode == "multilabel" or metric == "acc":
+        why = (
+            "output_mode='multilabel' assigns no labels"
+            if output_mode == "multilabel"
+            else "metric 'acc' labels each pixel by argmax"
+        )
+        ignored += [
+            (key, solver_params[key], why)
+            for key in ("unassigned_policy", "void_index")
+            if key in solver_params
+        ]
+    elif "void_index" in solver_params and policy != "void":
+        ignored.append(
+            ("void_index", solver_params["void_index"], "it is only written with unassigned_policy='void'")
+        )
+    if metric == "acc":
+        if smooth != 0:
+            ignored.append(("smooth", smooth, "metric 'acc' has no smoothing constant"))
+        if pruning_prob != 0.5:
+            ignored.append(("pruning_prob", pruning_prob, "metric 'acc' prunes no class"))
+    for key, value, why in ignored:
+        warnings.warn(f"{key}={value!r} has no effect: {why}", UserWarning, stacklevel=4)
+
+
 def resolve_options(
     metric: object = "dice",
     smooth: object = 0.0,
@@ -118,7 +191,10 @@ def resolve_options(
 
     Raises ``TypeError`` / ``ValueError`` naming the argument, the value received and what is
     allowed; warns (``UserWarning``) when the requested solver does not fit the metric or output mode
-    and names the solver used instead.
+    and names the solver used instead, and when an option given has no effect in the chosen mode
+    (``eps`` with RMA or exact, ``unassigned_policy`` / ``void_index`` with multilabel output or
+    accuracy, ``void_index`` without ``unassigned_policy='void'``, ``smooth`` / ``pruning_prob``
+    with accuracy), naming the option and why.
 
     >>> resolve_options(metric=" IoU ", solver="rma").metric
     'iou'
@@ -129,10 +205,10 @@ def resolve_options(
         "solver", solver, _SOLVERS, "'RMA', 'exact', 'BA', 'TRNA', 'BA+TRNA' (dice), 'argmax', 'TR' (acc)"
     )
 
-    smooth_f = _real("smooth", smooth)
+    smooth_f = check_real("smooth", smooth)
     if smooth_f < 0:
         raise ValueError(f"smooth must be >= 0; got {smooth!r}")
-    prune_f = _real("pruning_prob", pruning_prob)
+    prune_f = check_real("pruning_prob", pruning_prob)
     if not 0.0 <= prune_f <= 1.0:
         raise ValueError(f"pruning_prob must lie in [0, 1]; got {pruning_prob!r}")
 
@@ -146,17 +222,13 @@ def resolve_options(
     if not isinstance(policy, str) or "".join(policy.split()).lower() not in _UNASSIGNED_POLICIES:
         raise ValueError(f"unassigned_policy must be one of 'max_score', 'void'; got {policy!r}")
     policy = "".join(policy.split()).lower()
-    void_index = solver_params.get("void_index", 255)
-    if isinstance(void_index, bool) or not isinstance(void_index, numbers.Integral):
-        raise TypeError(f"void_index must be an integer; got {void_index!r} ({type(void_index).__name__})")
-    void_index = int(void_index)
-    if not _INT64_MIN <= void_index <= _INT64_MAX:
-        raise ValueError(f"void_index must fit in int64; got {void_index!r}")
-    eps = _real("eps", solver_params.get("eps", 1e-4))
+    void_index = check_integer("void_index", solver_params.get("void_index", 255))
+    eps = check_real("eps", solver_params.get("eps", 1e-4))
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must lie strictly between 0 and 1; got {solver_params.get('eps')!r}")
 
     solver_c = _resolve_solver(metric_c, mode_c, solver_req, chosen=not isinstance(solver, _DefaultSolver))
+    _warn_ineffective(metric_c, mode_c, solver_c, policy, smooth_f, prune_f, solver_params)
     return Options(
         metric=metric_c,
         output_mode=mode_c,

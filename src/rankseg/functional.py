@@ -57,9 +57,17 @@ def rankseg(
         Same device as the input; a NumPy array if the input was one.
 
     Raises:
-        TypeError: ``probs`` is not a tensor/array of a floating dtype, or an option has the wrong type.
-        ValueError: wrong rank, NaN/inf or values outside [0, 1], an unknown option value, a single
-            class channel with ``output_mode="multiclass"``, or a ``void_index`` that is a class index.
+        TypeError: ``probs`` is not a dense tensor/array of a floating dtype (sparse tensors and NumPy
+            float128 or object arrays included), or an option has the wrong type.
+        ValueError: ``probs`` on the ``meta`` device, wrong rank, NaN/inf or values outside [0, 1], an
+            unknown option value, a single class channel with ``output_mode="multiclass"``, or a
+            ``void_index`` that is a class index.
+
+    Warns:
+        UserWarning: the solver falls back (it does not fit the metric or output mode), or an option
+            given has no effect in the chosen mode (``eps`` with RMA or exact, ``unassigned_policy``
+            or ``void_index`` with multilabel output or accuracy, ``void_index`` without
+            ``unassigned_policy="void"``, ``smooth`` or ``pruning_prob`` with accuracy).
 
     Example:
         >>> import torch
@@ -71,6 +79,16 @@ def rankseg(
         torch.Size([1, 2, 4])
     """
     options = resolve_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
+    return rankseg_resolved(probs, options)
+
+
+def rankseg_resolved(probs: Tensor | np.ndarray, options: Options) -> Tensor | np.ndarray:
+    """:func:`rankseg` with options already checked by :func:`rankseg._options.resolve_options`.
+
+    For the integrations, which check (and warn about) the user's options once and then decide
+    many items: passing the canonical values back through :func:`rankseg` would repeat the check and
+    warn about defaults the user never gave.
+    """
     tensor, from_numpy = as_tensor(probs)
     return to_caller(_predict(tensor, options), from_numpy)
 
@@ -85,9 +103,10 @@ def _predict(probs: Tensor, options: Options) -> Tensor:
             "or pass two channels (background, foreground)."
         )
     if multiclass and options.unassigned_policy == "void" and 0 <= options.void_index < classes:
+        examples = "255 or -1" if classes <= 255 else f"-1 or {classes}"  # never a class index
         raise ValueError(
             f"void_index={options.void_index} is a class index for {classes} classes; "
-            f"choose a value outside [0, {classes - 1}] (e.g. 255 or -1)"
+            f"choose a value outside [0, {classes - 1}] (e.g. {examples})"
         )
     n = math.prod(spatial)
     out_shape = (batch, *spatial) if multiclass else (batch, classes, *spatial)

@@ -39,6 +39,7 @@ compare argmax, thresholding and RankSEG masks on data you have no ground truth 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
@@ -48,11 +49,13 @@ import torch
 from torch import Tensor
 
 from ._expected import expected_scores
-from ._inputs import as_tensor, check_values, to_caller
-from ._options import resolve_options
+from ._inputs import as_dense, as_tensor, check_values, to_caller
+from ._options import check_integer, check_real
 
 __all__ = [
+    "CalibrationError",
     "SegmentationCounts",
+    "calibration_error",
     "dice_score",
     "expected_dice",
     "expected_iou",
@@ -106,31 +109,33 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     return value  # type: ignore[return-value]
 
 
-def _as_tensor(name: str, x: object) -> tuple[Tensor, bool]:
-    if isinstance(x, np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "array is not writable": it is only read
-            return torch.from_numpy(_torch_compatible(x)), True
-    if isinstance(x, Tensor):
-        return x, False
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray; got {type(x).__name__}")
-
-
-def _torch_compatible(x: np.ndarray) -> np.ndarray:
-    """A contiguous, native-order array of a dtype torch reads (wide unsigned ints become int64)."""
-    if x.dtype.kind == "u" and x.dtype != np.uint8:
-        return x.astype(np.int64)
-    if not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    return np.ascontiguousarray(x)
+_MAX_CLASSES = 2**24  # (batch, classes) counts beyond this would take gigabytes per image
 
 
 def _check_smooth(smooth: object) -> float:
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not np.isfinite(smooth):
-        raise TypeError(f"smooth must be a finite real number >= 0; got {smooth!r}")
-    if smooth < 0:
+    """The same check as ``rankseg``'s ``smooth`` (:func:`rankseg._options.check_real`)."""
+    value = check_real("smooth", smooth)
+    if value < 0:
         raise ValueError(f"smooth must be >= 0; got {smooth!r}")
-    return float(smooth)
+    return value
+
+
+def _check_num_classes(num_classes: object) -> int | None:
+    if num_classes is None:
+        return None
+    return check_integer("num_classes", num_classes, 1, _MAX_CLASSES)
+
+
+def _as_labels(x: Tensor, name: str) -> Tensor:
+    """int64 labels; uint64 values beyond int64 are refused with their true value."""
+    if x.dtype == torch.uint64:
+        signed = x.view(torch.int64)  # values of 2**63 and above read as negative
+        wrapped = signed < 0
+        if bool(wrapped.any()):
+            value = int(signed[wrapped][0]) + 2**64
+            raise ValueError(f"{name} holds the label {value}, which does not fit in int64")
+        return signed
+    return x.long()
 
 
 def segmentation_counts(
@@ -166,19 +171,18 @@ def segmentation_counts(
         SegmentationCounts(intersection=tensor([[1, 1]]), pred=tensor([[2, 1]]), target=tensor([[1, 2]]))
     """
     input_format = _check_choice("input_format", input_format, _INPUT_FORMATS)
-    p, from_numpy = _as_tensor("preds", preds)
-    t, _ = _as_tensor("target", target)
+    p, from_numpy = as_dense(preds, "preds")
+    t, _ = as_dense(target, "target")
     if p.shape != t.shape:
         raise ValueError(
             "preds and target must have the same shape; "
             f"got preds {tuple(p.shape)} and target {tuple(t.shape)}"
         )
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-    ):
-        raise ValueError(f"num_classes must be a positive integer or None; got {num_classes!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an integer or None; got {ignore_index!r}")
+    if p.device != t.device:
+        raise ValueError(f"preds and target must be on the same device; got {p.device} and {t.device}")
+    num_classes = _check_num_classes(num_classes)
+    if ignore_index is not None:
+        ignore_index = check_integer("ignore_index", ignore_index)
     if input_format == "index":
         counts = _index_counts(p, t, num_classes, ignore_index)
     else:
@@ -199,12 +203,18 @@ def _index_counts(
             )
     if t.dim() < 2:
         raise ValueError(f"labels must have shape (batch, *spatial); got shape {tuple(t.shape)}")
-    batch = t.shape[0]
-    p = p.reshape(batch, -1).long()
-    t = t.reshape(batch, -1).long()
+    batch, pixels = t.shape[0], math.prod(t.shape[1:])
+    p = _as_labels(p, "preds").reshape(batch, pixels)
+    t = _as_labels(t, "target").reshape(batch, pixels)
     valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
     if num_classes is None:
         top = max(int(t[valid].max()) if valid.any() else -1, int(p.max()) if p.numel() else -1)
+        if top >= _MAX_CLASSES:
+            raise ValueError(
+                f"the largest label is {top}: inferring num_classes={top + 1} exceeds the limit of "
+                f"{_MAX_CLASSES} classes; pass num_classes (labels at or above it then count as no class "
+                "in preds and are refused in target), or map the labels to a smaller range"
+            )
         num_classes = max(top + 1, 1)
     bad = valid & ((t < 0) | (t >= num_classes))
     if bad.any():
@@ -242,8 +252,11 @@ def _mask_counts(
                 f"{name} must be bool or 0/1 integer masks for input_format='mask'; got dtype {x.dtype}"
             )
     batch, classes = p.shape[:2]
-    p = p.reshape(batch, classes, -1)
-    t = t.reshape(batch, classes, -1)
+    pixels = math.prod(p.shape[2:])
+    p = p.reshape(batch, classes, pixels)
+    t = t.reshape(batch, classes, pixels)
+    if p.dtype == torch.uint64 or t.dtype == torch.uint64:  # compare as int64 (0/1 and ignore_index)
+        p, t = _as_labels(p, "preds"), _as_labels(t, "target")
     valid = t != ignore_index if ignore_index is not None and t.dtype != torch.bool else None
     for name, x, keep in (("preds", p, None), ("target", t, valid)):
         if x.dtype != torch.bool:
@@ -404,10 +417,10 @@ def iou_score(
 # ------------------------------------------------------- expected metrics under the probabilities
 
 
-def _expected(probs, masks, smooth, metric: str):
-    options = resolve_options(metric=metric, smooth=smooth)
+def _expected(probs: object, masks: object, smooth: object, metric: str) -> Tensor | np.ndarray:
+    smooth = _check_smooth(smooth)
     tensor, from_numpy = as_tensor(probs)
-    mask_tensor = torch.as_tensor(masks)
+    mask_tensor, _ = as_dense(masks, "masks")
     if mask_tensor.dtype != torch.bool:
         raise TypeError(f"masks must be boolean, of the shape of probs; got dtype {mask_tensor.dtype}")
     if tuple(mask_tensor.shape) != tuple(tensor.shape):
@@ -416,13 +429,14 @@ def _expected(probs, masks, smooth, metric: str):
             f"got {tuple(mask_tensor.shape)}"
         )
     batch, classes = tensor.shape[:2]
-    if tensor.numel() == 0:
+    if batch * classes == 0:
         return to_caller(torch.zeros(batch, classes, dtype=torch.float64, device=tensor.device), from_numpy)
-    rows = tensor.reshape(batch * classes, -1)
-    check_values(rows)
-    scores = expected_scores(
-        rows, mask_tensor.to(tensor.device).reshape(batch * classes, -1), metric, options.smooth
-    )
+    pixels = math.prod(tensor.shape[2:])
+    rows = tensor.reshape(batch * classes, pixels)
+    if pixels:
+        check_values(rows)
+    flat_masks = mask_tensor.to(tensor.device).reshape(batch * classes, pixels)
+    scores = expected_scores(rows, flat_masks, metric, smooth)
     return to_caller(scores.reshape(batch, classes), from_numpy)
 
 
@@ -467,3 +481,192 @@ def expected_iou(
         0.7
     """
     return _expected(probs, masks, smooth, "iou")
+
+
+# ------------------------------------------------------- calibration of the probabilities
+
+
+class CalibrationError(NamedTuple):
+    r"""Expected calibration error and the reliability-diagram data of :func:`calibration_error`.
+
+    With ``B_b`` the labelled pixels (multilabel: of one class) whose confidence falls in bin ``b``
+    (``(b / n_bins, (b + 1) / n_bins]``, the first bin closed at 0) and ``N`` all of them:
+
+        ECE = sum_b |B_b| / N * |accuracy_b - confidence_b|
+
+    Multiclass (top-label): the confidence of a pixel is its largest probability and it is correct
+    when that class (the first one on ties) is its label. Multilabel: per class, the confidence is
+    the class's probability and the outcome its 0/1 label.
+
+    Fields (float64, int64 for ``counts``; CPU tensors, or NumPy arrays for NumPy input):
+        ece: ``()`` multiclass, ``(C,)`` multilabel (NaN for a class with no labelled pixel).
+        counts: pixels per bin, ``(n_bins,)`` or ``(C, n_bins)``.
+        confidence: mean confidence per bin (NaN where a bin is empty), shaped like ``counts``.
+        accuracy: fraction correct (multilabel: positive) per bin (NaN where empty).
+        bin_edges: ``(n_bins + 1,)``, ``b / n_bins``.
+    """
+
+    ece: Tensor | np.ndarray
+    counts: Tensor | np.ndarray
+    confidence: Tensor | np.ndarray
+    accuracy: Tensor | np.ndarray
+    bin_edges: Tensor | np.ndarray
+
+    @classmethod
+    def merge(cls, parts: Sequence[CalibrationError]) -> CalibrationError:
+        """Combine the results of disjoint pixel sets (e.g. one per file) into that of their union.
+
+        >>> probs = torch.tensor([[[0.9], [0.1]], [[0.2], [0.8]]])  # (2, 2, 1): two one-pixel images
+        >>> labels = torch.tensor([[0], [0]])
+        >>> whole = calibration_error(probs, labels, n_bins=5)
+        >>> parts = [calibration_error(probs[i : i + 1], labels[i : i + 1], n_bins=5) for i in range(2)]
+        >>> bool(torch.allclose(CalibrationError.merge(parts).ece, whole.ece))
+        True
+        """
+        if not parts:
+            raise ValueError("CalibrationError.merge needs at least one part; got an empty sequence")
+        from_numpy = isinstance(parts[0].counts, np.ndarray)
+        edges = torch.as_tensor(parts[0].bin_edges)
+        counts = torch.zeros_like(torch.as_tensor(parts[0].counts))
+        confidence_sum = torch.zeros(counts.shape, dtype=torch.float64)
+        correct_sum = torch.zeros(counts.shape, dtype=torch.float64)
+        for part in parts:
+            part_counts = torch.as_tensor(part.counts)
+            if part_counts.shape != counts.shape or not torch.equal(torch.as_tensor(part.bin_edges), edges):
+                raise ValueError(
+                    "CalibrationError.merge needs parts with the same bins and classes; got counts of "
+                    f"shapes {tuple(counts.shape)} and {tuple(part_counts.shape)}"
+                )
+            counts += part_counts
+            confidence_sum += torch.as_tensor(part.confidence).nan_to_num(0.0) * part_counts
+            correct_sum += torch.as_tensor(part.accuracy).nan_to_num(0.0) * part_counts
+        result = _calibration_result(counts, confidence_sum, correct_sum, edges)
+        return CalibrationError(*(x.numpy() for x in result)) if from_numpy else result
+
+
+def calibration_error(
+    probs: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    n_bins: int = 15,
+    *,
+    ignore_index: int | None = None,
+) -> CalibrationError:
+    r"""Expected calibration error (ECE) of probability maps, with the reliability-diagram data.
+
+    Top-label ECE for multiclass labels, one ECE per class for multilabel labels (see
+    :class:`CalibrationError` for the formula and the bins). RankSEG maximises the expected Dice /
+    IoU under the probabilities, so the smaller the ECE, the closer that is to the realised score;
+    :class:`rankseg.calibration.TemperatureScaling` lowers it.
+
+    Args:
+        probs: ``(batch, classes, *spatial)`` probabilities in [0, 1] (any float dtype, any device).
+        labels: multiclass: class indices ``(batch, *spatial)`` (with at least two classes);
+            multilabel: 0/1 (or bool) ``(batch, classes, *spatial)``; for one class ``(batch, *spatial)``
+            0/1 labels are multilabel. Values equal to ``ignore_index`` are left out.
+        n_bins: number of equal-width confidence bins on [0, 1].
+        ignore_index: label value of unlabelled pixels.
+
+    Returns:
+        :class:`CalibrationError`; per-bin sums over disjoint data combine with
+        :meth:`CalibrationError.merge`.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[[0.95, 0.65, 0.25, 0.15], [0.05, 0.35, 0.75, 0.85]]])  # (1, 2, 4)
+        >>> labels = torch.tensor([[0, 1, 1, 1]])         # the second pixel is predicted wrong
+        >>> result = calibration_error(probs, labels, n_bins=5)
+        >>> result.counts                                 # (0.6, 0.8]: 0.65, 0.75; (0.8, 1]: 0.85, 0.95
+        tensor([0, 0, 0, 2, 2])
+        >>> result.accuracy[3:], result.confidence[3:]
+        (tensor([0.5000, 1.0000], dtype=torch.float64), tensor([0.7000, 0.9000], dtype=torch.float64))
+        >>> round(float(result.ece), 4)                   # (2 * |0.5 - 0.7| + 2 * |1 - 0.9|) / 4
+        0.15
+    """
+    tensor, from_numpy = as_tensor(probs)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an integer or None; got {ignore_index!r}")
+    target = _calibration_labels(labels, tensor)
+    batch, classes = tensor.shape[:2]
+    multilabel = target.dim() == tensor.dim() or classes == 1
+    if multilabel and target.dim() != tensor.dim():
+        target = target.unsqueeze(1)
+    expected = tuple(tensor.shape) if multilabel else (batch, *tensor.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"labels must have shape {expected} (multiclass: (batch, *spatial) class indices; multilabel: "
+            f"(batch, classes, *spatial) 0/1) for probs of shape {tuple(tensor.shape)}; "
+            f"got {tuple(target.shape)}"
+        )
+    if tensor.numel():
+        check_values(tensor.reshape(batch * classes, -1))
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    if multilabel:
+        allowed, bad = "0 or 1", valid & (target != 0) & (target != 1)
+    else:
+        allowed, bad = f"class indices in [0, {classes - 1}]", valid & ((target < 0) | (target >= classes))
+    if bad.any():
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        raise ValueError(f"labels must be {allowed}{extra}; found the label {int(target[bad][0])}")
+    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
+    if multilabel:
+        confidence = tensor.to(torch.float64)
+        correct = target == 1
+        groups = torch.arange(classes, device=tensor.device).reshape(1, classes, *[1] * (tensor.dim() - 2))
+        groups = groups.expand(tensor.shape)
+    else:
+        top, predicted = tensor.max(dim=1)
+        confidence = top.to(torch.float64)
+        correct = predicted == target
+        groups = torch.zeros_like(target)
+    bins = (torch.bucketize(confidence, edges.to(tensor.device)) - 1).clamp_(0, n_bins - 1)
+    flat = (groups * n_bins + bins)[valid]
+    size = (classes if multilabel else 1) * n_bins
+
+    def binned(weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+        # .to(dtype): bincount of an empty input returns int64 even with float weights
+        return torch.bincount(flat, weights=weights, minlength=size).reshape(-1, n_bins).cpu().to(dtype)
+
+    counts = binned(None, torch.int64)
+    confidence_sum = binned(confidence[valid], torch.float64)
+    correct_sum = binned(correct[valid].to(torch.float64), torch.float64)
+    if not multilabel:
+        counts, confidence_sum, correct_sum = counts[0], confidence_sum[0], correct_sum[0]
+    result = _calibration_result(counts, confidence_sum, correct_sum, edges)
+    return CalibrationError(*(x.numpy() for x in result)) if from_numpy else result
+
+
+def _calibration_labels(labels: object, probs: Tensor) -> Tensor:
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "biu":
+            raise TypeError(
+                f"labels must hold integer or bool labels; got a numpy array of dtype {labels.dtype}"
+            )
+        array = labels.astype(np.int64) if labels.dtype.kind == "u" or not labels.dtype.isnative else labels
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "array is not writable": it is only read
+            labels = torch.from_numpy(np.ascontiguousarray(array))
+    elif not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor or numpy.ndarray; got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must hold integer class indices or 0/1 masks; got dtype {labels.dtype}")
+    return labels.to(probs.device)
+
+
+def _calibration_result(
+    counts: Tensor, confidence_sum: Tensor, correct_sum: Tensor, edges: Tensor
+) -> CalibrationError:
+    """Per-bin means and the ECE ``sum_b |correct_b - confidence_b| / N`` from per-bin sums."""
+    nan = torch.full_like(confidence_sum, float("nan"))
+    filled = counts > 0
+    total = counts.sum(dim=-1).to(torch.float64)
+    gap = (correct_sum - confidence_sum).abs().sum(dim=-1)
+    ece = torch.where(total > 0, gap / total.clamp(min=1), torch.full_like(total, float("nan")))
+    return CalibrationError(
+        ece=ece,
+        counts=counts,
+        confidence=torch.where(filled, confidence_sum / counts.clamp(min=1), nan),
+        accuracy=torch.where(filled, correct_sum / counts.clamp(min=1), nan),
+        bin_edges=edges,
+    )

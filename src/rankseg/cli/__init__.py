@@ -1,7 +1,10 @@
-"""The ``rankseg`` command: ``predict``, ``evaluate`` and ``demo``.
+"""The ``rankseg`` command: ``predict``, ``evaluate``, ``calibrate``, ``nnunet`` and ``demo``.
 
     rankseg predict probs/*.npy --out masks/            # masks from saved probability maps
     rankseg evaluate --probs probs/ --labels labels/    # argmax against RankSEG on your data
+    rankseg calibrate --logits val/ --labels val_labels/ --out calibration.json
+    rankseg nnunet pred/ --out pred_rankseg/            # after nnUNetv2_predict --save_probabilities
+    rankseg evaluate --nnunet pred/ --labels labelsTs/  # nnU-Net's segmentations against RankSEG's
     rankseg demo                                        # see it work on built-in data
 
 Every error names the file and the reason; a file that fails does not stop the others, and the
@@ -27,11 +30,14 @@ from pathlib import Path
 from .. import __version__
 from ._common import UsageError, int64, non_negative_float, positive_int, probability
 from ._runner import DASK_EXTRA_HINT, dask_address, runner_options_conflict, signals_handled
+from .calibrate import fraction, non_negative_int
+from .calibrate import run_command as _calibrate
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS
 from .evaluate import run_command as _evaluate
 from .figures import FIGURE_FORMATS, figure_format
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES
+from .nnunet import run_command as _nnunet
 from .predict import run_command as _predict
 
 __all__ = ["main"]
@@ -111,7 +117,21 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
         choices=ACTIVATIONS,
         default=None,
         help="with --logits: softmax over the class axis or sigmoid per class "
-        "(default: softmax for several class channels, sigmoid for one)",
+        "(default: the calibration's with --calibration; else softmax for several class channels, "
+        "sigmoid for one)",
+    )
+    group.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --logits: divide the logits by the temperature in FILE (written by 'rankseg calibrate') "
+        "before the activation"
+        + (
+            "; the table then also shows RankSEG on the calibrated probabilities and the ECE"
+            if evaluate
+            else ""
+        ),
     )
 
 
@@ -153,7 +173,7 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``rankseg`` argument parser with its three subcommands."""
+    """The ``rankseg`` argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="rankseg",
         description="Metric-optimal segmentation masks (expected Dice / IoU) from saved probability maps.",
@@ -192,11 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
             "mDice^I and mIoU^I (per image, over the classes present in the labels or the prediction), "
             "mIoU^D (per class over the whole data set), time per image, and per-class gains. Labels are "
             f"integer class maps (*spatial) ({', '.join(LABEL_SUFFIXES)}), or 0/1 masks (classes, *spatial) "
-            "for multilabel output."
+            "for multilabel output. With --nnunet PRED_DIR (or --probs naming a folder with plans.json): "
+            "nnU-Net's own segmentations against RankSEG's on an nnUNetv2_predict --save_probabilities "
+            "folder, Dice per label or region and mean as nnU-Net computes it (labels: CASE<file_ending> "
+            "read with the plans' reader/writer; needs the 'nnunet' extra)."
         ),
     )
-    evaluate.add_argument(
-        "--probs", required=True, type=Path, metavar="DIR", help="folder of probability maps"
+    probs = evaluate.add_mutually_exclusive_group(required=True)
+    probs.add_argument(
+        "--probs",
+        type=Path,
+        metavar="DIR",
+        help="folder of probability maps (one holding plans.json is read as with --nnunet)",
+    )
+    probs.add_argument(
+        "--nnunet",
+        type=Path,
+        metavar="PRED_DIR",
+        help="an nnUNetv2_predict --save_probabilities folder, evaluated against --labels as nnU-Net "
+        "does (--smooth then only applies to RankSEG)",
     )
     evaluate.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label maps")
     evaluate.add_argument(
@@ -230,6 +264,95 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(evaluate)
     _add_model_options(evaluate, evaluate=True)
     evaluate.set_defaults(run=_evaluate, parser=evaluate)
+
+    nnunet = commands.add_parser(
+        "nnunet",
+        help="write RankSEG segmentations for an nnUNetv2_predict folder, as nnU-Net writes its own",
+        description=(
+            "Read the probabilities that 'nnUNetv2_predict ... --save_probabilities' saved in PRED_DIR "
+            "(CASE.npz with CASE.pkl, dataset.json, plans.json) and write each case's RankSEG "
+            "segmentation to OUT_DIR as nnU-Net writes its own: the plans' reader/writer, dataset.json's "
+            "file ending, the .pkl's image geometry; dataset.json and plans.json are copied beside them. "
+            "Label-based models: multiclass RankSEG; region-based models (regions_class_order): one "
+            "mask per region, then nnU-Net's region-to-label conversion. Needs the 'nnunet' extra."
+        ),
+    )
+    nnunet.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="the nnUNetv2_predict output folder")
+    nnunet.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="OUT_DIR",
+        help="folder for the segmentations (created; not PRED_DIR or inside it)",
+    )
+    nnunet.add_argument("--force", action="store_true", help="overwrite existing segmentations")
+    _add_runner_options(nnunet)
+    _add_output_options(nnunet)
+    group = nnunet.add_argument_group("RankSEG options")
+    group.add_argument(
+        "--metric", default="dice", help="metric RankSEG maximises: dice, iou or acc (default: dice)"
+    )
+    group.add_argument(
+        "--solver",
+        default=None,
+        help="RMA (default), exact, BA, TRNA, BA+TRNA; acc gives nnU-Net's own segmentations",
+    )
+    group.add_argument(
+        "--smooth", type=non_negative_float, default=0.0, help="smoothing constant of the metric (default: 0)"
+    )
+    group.add_argument(
+        "--pruning-prob",
+        type=probability,
+        default=0.5,
+        help="a label or region whose largest probability in a case is not above this gets no voxels "
+        "(default: 0.5)",
+    )
+    nnunet.set_defaults(run=_nnunet, parser=nnunet)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a temperature on validation logits and labels (for --calibration)",
+        description=(
+            "Pair logit maps (--logits, (classes, *spatial) one image per file) with label maps "
+            "(--labels) by file name without extension, as evaluate does, and fit the temperature T "
+            "that minimises the negative log-likelihood of the labels under softmax(logits / T) (or "
+            "sigmoid): temperature scaling. The files are read again on every pass of the fit, so the "
+            "validation set need not fit in memory. Writes the result as JSON to --out, for "
+            "'rankseg predict/evaluate --logits --calibration FILE' and the integrations' calibration=, "
+            "and prints the temperature(s), the NLL before and after, and the pixels used."
+        ),
+    )
+    calibrate.add_argument("--logits", required=True, type=Path, metavar="DIR", help="folder of logit maps")
+    calibrate.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of label maps")
+    calibrate.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="where to write the calibration (JSON)"
+    )
+    calibrate.add_argument(
+        "--per-class", action="store_true", help="one temperature per class channel instead of one for all"
+    )
+    calibrate.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=None,
+        help="softmax over the class axis (labels: class indices) or sigmoid per class (labels: 0/1 "
+        "masks); default: softmax for several class channels, sigmoid for one",
+    )
+    calibrate.add_argument(
+        "--ignore-index", type=int64, default=None, metavar="I", help="label value left out of the fit"
+    )
+    calibrate.add_argument(
+        "--subsample",
+        type=fraction,
+        default=None,
+        metavar="F",
+        help="fit on a fraction F in (0, 1] of the pixel positions (the same in every image)",
+    )
+    calibrate.add_argument(
+        "--seed", type=non_negative_int, default=None, metavar="S", help="seed of --subsample (default: 0)"
+    )
+    calibrate.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    calibrate.add_argument("-q", "--quiet", action="store_true", help="no 'saved FILE' line")
+    calibrate.set_defaults(run=_calibrate, parser=calibrate)
 
     demo = commands.add_parser(
         "demo",

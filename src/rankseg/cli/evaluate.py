@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from .._predictor import RankSEG
-from ..metrics import SegmentationCounts, score_from_counts, segmentation_counts
+from ..calibration import TemperatureScaling
+from ..metrics import (
+    CalibrationError,
+    SegmentationCounts,
+    calibration_error,
+    score_from_counts,
+    segmentation_counts,
+)
 from ._common import (
     Progress,
     Reporter,
@@ -41,6 +48,8 @@ from .io import (
     LABEL_SUFFIXES,
     InputError,
     atomic_group,
+    describe_os_error,
+    file_problem,
     read_array,
     split_suffix,
     write_atomic,
@@ -53,15 +62,40 @@ __all__ = [
     "evaluate_pair",
     "format_table",
     "load_labels",
+    "load_logits",
     "load_probs",
+    "logits_to_probs",
     "summarise",
 ]
 
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
-def load_probs(path: Path, *, logits: bool = False, activation: str | None = None) -> tuple[np.ndarray, Any]:
-    """Probabilities ``(classes, *spatial)`` from ``path`` (logits turned into probabilities)."""
+def load_probs(
+    path: Path,
+    *,
+    logits: bool = False,
+    activation: str | None = None,
+    calibration: TemperatureScaling | None = None,
+) -> tuple[np.ndarray, Any]:
+    """Probabilities ``(classes, *spatial)`` from ``path`` (logits turned into probabilities, with
+    ``calibration``: divided by its temperature first, see :func:`logits_to_probs`)."""
+    arr, like = load_logits(path)
+    if logits:
+        return logits_to_probs(path, arr, activation, calibration), like
+    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    if lo < 0 or hi > 1:
+        raise InputError(
+            path,
+            f"values range from {lo:.6g} to {hi:.6g}, outside [0, 1]; if the file holds logits, "
+            "pass --logits (with --activation softmax or sigmoid)",
+        )
+    return arr, like
+
+
+def load_logits(path: Path) -> tuple[np.ndarray, Any]:
+    """The float ``(classes, *spatial)`` map of ``path`` as stored (probabilities or logits), checked:
+    floating point, a class axis, no empty axis, finite."""
     arr, like = read_array(path, "probs")
     if arr.dtype.kind != "f":
         raise InputError(
@@ -81,23 +115,109 @@ def load_probs(path: Path, *, logits: bool = False, activation: str | None = Non
         )
     if not np.isfinite(arr).all():
         raise InputError(path, "contains NaN or infinite values")
-    if logits:
-        activation = activation or ("softmax" if arr.shape[0] > 1 else "sigmoid")
-        if activation == "softmax" and arr.shape[0] == 1:
+    return arr, like
+
+
+def logits_to_probs(
+    path: Path, arr: np.ndarray, activation: str | None, calibration: TemperatureScaling | None = None
+) -> np.ndarray:
+    """``softmax`` over the class axis or ``sigmoid`` of the logits ``arr`` (float32), divided by
+    the temperature of ``calibration`` first (``calibration.transform``; its activation is the one
+    used). With a calibration, maps that look like probabilities and a per-class temperature for
+    another number of classes are refused, naming ``path``."""
+    if calibration is not None:
+        activation = calibration.activation
+        _check_calibrated_logits(path, arr, calibration)
+    activation = activation or ("softmax" if arr.shape[0] > 1 else "sigmoid")
+    if activation == "softmax" and arr.shape[0] == 1:
+        if calibration is not None:
             raise InputError(
-                path, "has one class channel: softmax over it is always 1; use --activation sigmoid"
+                path,
+                "has one class channel, but --calibration was fitted with softmax over several; a "
+                "one-channel model needs a sigmoid calibration ('rankseg calibrate' on its logits)",
             )
-        scores = torch.from_numpy(arr.astype(np.float32))
-        probs = torch.softmax(scores, dim=0) if activation == "softmax" else torch.sigmoid(scores)
-        return probs.numpy(), like
-    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
-    if lo < 0 or hi > 1:
+        raise InputError(path, "has one class channel: softmax over it is always 1; use --activation sigmoid")
+    scores = torch.from_numpy(arr.astype(np.float32))
+    if calibration is not None:
+        return calibration.transform(scores[None])[0].numpy()
+    probs = torch.softmax(scores, dim=0) if activation == "softmax" else torch.sigmoid(scores)
+    return probs.numpy()
+
+
+def probabilities_reason(arr: np.ndarray, activation: str) -> str | None:
+    """Why the ``(classes, *spatial)`` map ``arr`` reads as probabilities rather than logits, or None.
+
+    softmax: every value in [0, 1] and the classes sum to 1 (within 1e-3) at every pixel; sigmoid:
+    every value in [0, 1] (a constant map is not recognisably either).
+    """
+    lo, hi = float(arr.min()), float(arr.max())
+    if not 0 <= lo < hi <= 1:
+        return None
+    if activation == "softmax":
+        if float(np.abs(arr.sum(axis=0, dtype=np.float64) - 1).max()) > 1e-3:
+            return None
+        return "every value is in [0, 1] and the classes sum to 1 at every pixel"
+    return f"every value is in [{lo:.4g}, {hi:.4g}], within [0, 1]"
+
+
+def calibration_from_args(args: argparse.Namespace) -> TemperatureScaling | None:
+    """The fitted calibration ``--calibration FILE`` names (predict, evaluate), or None.
+
+    UsageError: without ``--logits``, a path that is not a regular file (missing, a folder, ...),
+    or an ``--activation`` other than the calibration's. InputError: a file that is not a fitted
+    ``TemperatureScaling`` JSON file (``rankseg calibrate`` writes them).
+    """
+    path = getattr(args, "calibration", None)
+    if path is None:
+        return None
+    if not args.logits:
+        raise UsageError(
+            "--calibration needs --logits: the temperature divides the logits before the activation, "
+            "and without --logits the files are read as probabilities"
+        )
+    problem = file_problem(path)
+    if problem is not None:
+        raise UsageError(f"--calibration {path} {problem}")
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            path, f"is not a JSON file ({exc}); --calibration needs the file 'rankseg calibrate' writes"
+        ) from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({describe_os_error(exc)})") from None
+    try:
+        calibration = TemperatureScaling().load_state_dict(state)
+    except (ValueError, TypeError) as exc:
+        raise InputError(path, f"is not a calibration written by 'rankseg calibrate': {exc}") from None
+    if calibration.state_dict()["temperature"] is None:
+        raise InputError(
+            path, "holds no fitted temperature (its 'temperature' is null); fit one with 'rankseg calibrate'"
+        )
+    if args.activation is not None and args.activation != calibration.activation:
+        raise UsageError(
+            f"--activation {args.activation} does not match the calibration {path}, fitted with "
+            f"--activation {calibration.activation}; a temperature is only defined for the activation it "
+            "was fitted with (leave --activation out to use the calibration's)"
+        )
+    return calibration
+
+
+def _check_calibrated_logits(path: Path, arr: np.ndarray, calibration: TemperatureScaling) -> None:
+    reason = probabilities_reason(arr, calibration.activation)
+    if reason is not None:
         raise InputError(
             path,
-            f"values range from {lo:.6g} to {hi:.6g}, outside [0, 1]; if the file holds logits, "
-            "pass --logits (with --activation softmax or sigmoid)",
+            f"looks like probabilities, not logits ({reason}); a calibration divides the logits "
+            f"before the {calibration.activation}: give the model's logits",
         )
-    return arr, like
+    temperature = calibration.temperature_
+    if temperature.dim() == 1 and temperature.numel() != arr.shape[0]:
+        raise InputError(
+            path,
+            f"has {arr.shape[0]} class channels (shape {arr.shape}) but --calibration holds per-class "
+            f"temperatures for {temperature.numel()} classes",
+        )
 
 
 def load_labels(
@@ -160,11 +280,19 @@ class EvalTask:
     ignore_index: int | None = None
     logits: bool = False
     activation: str | None = None
+    calibration: TemperatureScaling | None = None  # with logits: also RankSEG on calibrated probabilities
+
+
+#: The method name of ``method`` run on the calibrated probabilities.
+CALIBRATED = "{} (calibrated)"
 
 
 @dataclass
 class PairResult:
-    """Counts ``(3, classes)`` (intersection, pred, target) and seconds, per method; or an error."""
+    """Counts ``(3, classes)`` (intersection, pred, target) and seconds, per method; or an error.
+
+    With a calibration, ``reliability`` holds the :func:`rankseg.metrics.calibration_error` of the
+    ``"raw"`` and the ``"calibrated"`` probabilities (NumPy fields, merged over the files later)."""
 
     name: str
     num_classes: int = 0
@@ -173,6 +301,7 @@ class PairResult:
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    reliability: dict[str, CalibrationError] = field(default_factory=dict)
 
 
 def baseline_masks(probs: torch.Tensor, multiclass: bool) -> torch.Tensor:
@@ -192,7 +321,13 @@ def evaluate_pair(task: EvalTask) -> PairResult:
 def _evaluate_pair(task: EvalTask) -> PairResult:
     result = PairResult(task.name)
     try:
-        probs_np, _ = load_probs(task.probs_path, logits=task.logits, activation=task.activation)
+        if task.calibration is None:
+            probs_np, _ = load_probs(task.probs_path, logits=task.logits, activation=task.activation)
+            calibrated_np = None
+        else:
+            scores, _ = load_logits(task.probs_path)
+            calibrated_np = logits_to_probs(task.probs_path, scores, None, task.calibration)  # checks first
+            probs_np = logits_to_probs(task.probs_path, scores, task.calibration.activation)
         classes = probs_np.shape[0]
         if task.num_classes is not None and classes != task.num_classes:
             raise InputError(
@@ -225,21 +360,40 @@ def _evaluate_pair(task: EvalTask) -> PairResult:
                 raise InputError(task.labels_path, str(exc)) from None
             return np.stack([c[0].numpy() for c in counts])
 
-        start = time.perf_counter()
-        pred = baseline_masks(probs, multiclass)
-        result.seconds[result.baseline] = time.perf_counter() - start
-        result.counts[result.baseline] = count(pred)
+        def run(method: str, maps: torch.Tensor, predictor: RankSEG | None = None) -> None:
+            """Time and count ``method``: the baseline without a predictor, else RankSEG."""
+            start = time.perf_counter()
+            pred = baseline_masks(maps, multiclass) if predictor is None else predictor(maps[None])[0]
+            result.seconds[method] = time.perf_counter() - start
+            result.counts[method] = count(pred)
+
+        calibrated = None if calibrated_np is None else torch.from_numpy(calibrated_np)
+        run(result.baseline, probs)
+        if calibrated is not None and multiclass and task.calibration.temperature_.dim() == 1:
+            # per-class temperatures can change the argmax (a global one never does)
+            run(CALIBRATED.format(result.baseline), calibrated)
         for name in task.solvers:
             predictor = RankSEG(task.metric, task.smooth, mode, name, task.pruning_prob)
-            start = time.perf_counter()
-            pred = predictor(probs[None])[0]
-            result.seconds[name] = time.perf_counter() - start
-            result.counts[name] = count(pred)
+            run(name, probs, predictor)
+            if calibrated is not None:
+                run(CALIBRATED.format(name), calibrated, predictor)
+        if calibrated_np is not None:
+            for key, maps in (("raw", probs_np), ("calibrated", calibrated_np)):
+                result.reliability[key] = _reliability(task, maps, labels)
     except InputError as exc:
         result.error = str(exc)
     except Exception as exc:  # reported with the file; the batch goes on
         result.error = f"{task.probs_path}: {type(exc).__name__}: {exc}"
     return result
+
+
+def _reliability(task: EvalTask, probs: np.ndarray, labels: np.ndarray) -> CalibrationError:
+    """:func:`rankseg.metrics.calibration_error` of one map: top-label for class-index labels
+    ``(*spatial)``, per class for multilabel masks ``(classes, *spatial)``."""
+    try:
+        return calibration_error(probs[None], labels[None], ignore_index=task.ignore_index)
+    except ValueError as exc:
+        raise InputError(task.labels_path, str(exc)) from None
 
 
 @dataclass
@@ -393,15 +547,97 @@ def summary_json(summary: Summary, failed: dict[str, str], extra: dict[str, Any]
     return json.dumps(_finite(payload), indent=2) + "\n"
 
 
-def summary_csv(summary: Summary) -> str:
-    """One row per method: every aggregate and the seconds per image."""
+def summary_csv(summary: Summary, reliability: Reliability | None = None) -> str:
+    """One row per method: every aggregate and the seconds per image; with a calibration also the
+    ECE of the probabilities the method used (raw or calibrated)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     keys = [*AGGREGATES, "seconds_per_image"]
-    writer.writerow(["method", *keys])
+    writer.writerow(["method", *keys, *(["ECE"] if reliability is not None else [])])
     for method in summary.methods:
-        writer.writerow([method, *(repr(summary.metrics[method][k]) for k in keys)])
+        row = [method, *(repr(summary.metrics[method][k]) for k in keys)]
+        if reliability is not None:
+            row.append(repr(reliability.ece(reliability.probabilities(method))))
+        writer.writerow(row)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+@dataclass
+class Reliability:
+    """Calibration of the raw and the calibrated probabilities over the evaluated images.
+
+    ``raw`` and ``calibrated`` are :class:`rankseg.metrics.CalibrationError` results merged over
+    the files (top-label for class-index labels; per class, ``(classes,)`` ECEs, for masks).
+    """
+
+    raw: CalibrationError
+    calibrated: CalibrationError
+
+    @property
+    def per_class(self) -> bool:
+        return np.ndim(self.raw.ece) == 1
+
+    def ece(self, which: str) -> float:
+        """The ECE of ``"raw"`` or ``"calibrated"``: top-label, or the mean of the per-class ECEs."""
+        ece = np.asarray(getattr(self, which).ece, dtype=float)
+        if ece.ndim == 0:
+            return float(ece)
+        return float(np.nanmean(ece)) if np.isfinite(ece).any() else math.nan
+
+    @staticmethod
+    def probabilities(method: str) -> str:
+        """``"calibrated"`` for a method run on the calibrated probabilities, else ``"raw"``."""
+        return "calibrated" if method.endswith(CALIBRATED.format("")) else "raw"
+
+    def describe(self) -> str:
+        bins = np.size(self.raw.bin_edges) - 1
+        if self.per_class:
+            return f"ECE (per class, mean over {np.size(self.raw.ece)} class(es), {bins} bins)"
+        return f"ECE (top-label, {bins} bins)"
+
+    def line(self) -> str:
+        """``ECE (top-label, 15 bins): raw 0.1812 -> calibrated 0.0048``."""
+        raw, calibrated = _number(self.ece("raw")), _number(self.ece("calibrated"))
+        return f"{self.describe()}: raw {raw} -> calibrated {calibrated}"
+
+    def as_json(self) -> dict[str, Any]:
+        def fields(result: CalibrationError) -> dict[str, Any]:
+            return {
+                key: np.asarray(getattr(result, key)).tolist()
+                for key in ("ece", "counts", "confidence", "accuracy")
+            }
+
+        return {
+            "ece": {"raw": self.ece("raw"), "calibrated": self.ece("calibrated")},
+            "reliability": {
+                "bin_edges": np.asarray(self.raw.bin_edges).tolist(),
+                "raw": fields(self.raw),
+                "calibrated": fields(self.calibrated),
+            },
+        }
+
+
+def merge_reliability(results: list[PairResult]) -> Reliability | None:
+    """The per-file calibration errors of ``results`` merged (``CalibrationError.merge``); None
+    without a calibration."""
+    if not results or not results[0].reliability:
+        return None
+    raw, calibrated = (
+        CalibrationError.merge([r.reliability[k] for r in results]) for k in ("raw", "calibrated")
+    )
+    return Reliability(raw, calibrated)
+
+
+def describe_temperature(calibration: TemperatureScaling) -> str:
+    """``T = 0.4012 (softmax, global)`` or ``T = [0.3, 0.5] (sigmoid, per class)``."""
+    temperature = calibration.temperature_
+    if temperature.dim() == 0:
+        return f"T = {float(temperature):.4g} ({calibration.activation}, global)"
+    values = ", ".join(f"{float(t):.4g}" for t in temperature)
+    return f"T = [{values}] ({calibration.activation}, per class)"
 
 
 # ------------------------------------------------------------------------------ the command
@@ -439,8 +675,17 @@ def _solver_list(args: argparse.Namespace, report: Reporter) -> tuple[str, ...]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from .nnunet import evaluate_command, evaluates_nnunet  # here: that module builds on this one
+
+    if evaluates_nnunet(args):  # --nnunet, or --probs naming a folder with plans.json
+        return evaluate_command(args)
     report = Reporter("evaluate")
     solvers = _solver_list(args, report)
+    try:
+        calibration = calibration_from_args(args)
+    except InputError as exc:
+        report.error(str(exc))
+        return 1
     inputs = {"--probs": _input_folder(args.probs, "--probs")}
     inputs["--labels"] = _input_folder(args.labels, "--labels")
     outputs = {"--json": args.json, "--csv": args.csv, "--plot": args.plot}
@@ -471,6 +716,7 @@ def run_command(args: argparse.Namespace) -> int:
                 ignore_index=args.ignore_index,
                 logits=args.logits,
                 activation=args.activation,
+                calibration=calibration,
             )
         )
     unused = sorted(set(labels) - set(probs))
@@ -517,6 +763,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
 
     summary = summarise(good, args.smooth)
+    reliability = merge_reliability(good)
     extra = {
         "probs": str(args.probs),
         "labels": str(args.labels),
@@ -524,6 +771,13 @@ def run_command(args: argparse.Namespace) -> int:
         "smooth": args.smooth,
         "ignore_index": args.ignore_index,
     }
+    if calibration is not None and reliability is not None:
+        state = calibration.state_dict()
+        extra["calibration"] = {
+            "file": str(args.calibration),
+            **{key: state[key] for key in ("activation", "per_class", "temperature")},
+            **reliability.as_json(),
+        }
     saved = []
     try:  # written before the table is printed: a closed stdout ('| head') does not lose them
         with atomic_group():  # the results files all appear, or none
@@ -531,10 +785,10 @@ def run_command(args: argparse.Namespace) -> int:
                 text = summary_json(summary, failed, extra).encode()
                 saved.append(write_atomic(args.json, lambda f: f.write(text), force=args.force))
             if args.csv is not None:
-                text_csv = summary_csv(summary).encode()
+                text_csv = summary_csv(summary, reliability).encode()
                 saved.append(write_atomic(args.csv, lambda f: f.write(text_csv), force=args.force))
             if args.plot is not None:
-                saved.append(plot_gains(summary, args.plot, args.force))
+                saved.append(plot_gains(summary, args.plot, args.force, reliability))
     except InputError as exc:
         report.error(str(exc))
         saved = []
@@ -542,6 +796,8 @@ def run_command(args: argparse.Namespace) -> int:
         f"{len(good)} image(s), {summary.num_classes} class(es), RankSEG metric={args.metric}, "
         f"probs={args.probs}, labels={args.labels}" + (f" ({len(failed)} failed)" if failed else "")
     )
+    if calibration is not None and reliability is not None:
+        print(f"calibration {args.calibration}: {describe_temperature(calibration)}; {reliability.line()}")
     print()
     print(format_table(summary), flush=True)
     if not args.quiet:

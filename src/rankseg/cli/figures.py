@@ -1,4 +1,5 @@
-"""The command line's figures, drawn by matplotlib: the demo figure and ``evaluate --plot``.
+"""The command line's figures, drawn by matplotlib: the demo figure and ``evaluate --plot`` (with
+``--calibration``, a reliability diagram beside it).
 
 Both share one look (:data:`STYLE`, class colours :data:`PALETTE`, method colours
 :data:`METHOD_COLOURS`) and are written atomically in the format the file suffix names
@@ -31,6 +32,7 @@ __all__ = [
     "figure_format",
     "gains_figure",
     "plot_gains",
+    "reliability_axes",
     "save_figure",
 ]
 
@@ -57,6 +59,9 @@ EMPTY_COLOUR = "#000000"  # no class / unchanged pixel
 PROBABILITY_CMAP = "magma"
 #: The baseline (argmax / threshold) first, then the RankSEG solvers in the order shown.
 METHOD_COLOURS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+#: Reliability diagram: the raw and the calibrated probabilities (the colours of "RMA" and
+#: "RMA (calibrated)" in the gains plot beside it).
+PROBABILITY_COLOURS = {"raw": METHOD_COLOURS[1], "calibrated": METHOD_COLOURS[2]}
 STYLE = {
     "font.size": 10,
     "axes.titlesize": 10,
@@ -233,17 +238,30 @@ def _dice_bars(ax: Any, dice: Sequence[tuple[str, float]]) -> None:
 # ------------------------------------------------------------------------------ evaluate --plot
 
 
-def gains_figure(summary: Any) -> Figure:
+def gains_figure(summary: Any, reliability: Any = None) -> Figure:
     """Per-image Dice gain of every RankSEG solver over the baseline, sorted, one line per solver.
 
     ``summary`` is a :class:`rankseg.cli.evaluate.Summary`. The figure is 800 x 400 pixels as PNG.
+    With ``reliability`` (a :class:`rankseg.cli.evaluate.Reliability`: ``evaluate --calibration``)
+    a reliability diagram of the raw and calibrated probabilities is drawn on the right
+    (:func:`reliability_axes`), and the figure is 1300 x 450 pixels.
     """
     import matplotlib
 
     base = np.asarray(summary.per_image[summary.baseline], dtype=float)
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(8.0, 4.0)
-        ax = fig.subplots()
+        if reliability is None:
+            fig = _new_figure(8.0, 4.0)
+            ax = fig.subplots()
+        else:
+            fig = _new_figure(13.0, 4.5)
+            axes = fig.subplot_mosaic(
+                [["gains", "reliability"], ["gains", "share"]],
+                width_ratios=[8.0, 4.5],
+                height_ratios=[3.0, 1.0],
+            )
+            ax = axes["gains"]
+            reliability_axes(axes["reliability"], axes["share"], reliability)
         for i, method in enumerate(summary.methods):
             if method == summary.baseline:
                 continue
@@ -264,6 +282,55 @@ def gains_figure(summary: Any) -> Figure:
     return fig
 
 
-def plot_gains(summary: Any, path: os.PathLike | str, force: bool = False) -> Path:
+def plot_gains(summary: Any, path: os.PathLike | str, force: bool = False, reliability: Any = None) -> Path:
     """Write :func:`gains_figure` to ``path`` (PNG, PDF or SVG by its suffix); returns the path."""
-    return save_figure(gains_figure(summary), path, force=force)
+    return save_figure(gains_figure(summary, reliability), path, force=force)
+
+
+def _pooled(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin ``(counts, confidence, accuracy)`` of a calibration error, per-class bins pooled
+    over the classes (count-weighted means); NaN where a bin is empty."""
+    counts = np.asarray(result.counts, dtype=float)
+    confidence = np.nan_to_num(np.asarray(result.confidence, dtype=float)) * counts
+    accuracy = np.nan_to_num(np.asarray(result.accuracy, dtype=float)) * counts
+    if counts.ndim == 2:
+        counts, confidence, accuracy = counts.sum(0), confidence.sum(0), accuracy.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts, confidence / counts, accuracy / counts
+
+
+def reliability_axes(ax: Any, share_ax: Any, reliability: Any) -> None:
+    """A reliability diagram on ``ax``: observed accuracy against mean confidence per bin for the
+    raw and the calibrated probabilities, with the diagonal of perfect calibration; below it, on
+    ``share_ax``, the share of pixels in each confidence bin.
+
+    ``reliability`` is a :class:`rankseg.cli.evaluate.Reliability`; per-class (multilabel) results
+    are pooled over the classes.
+    """
+    edges = np.asarray(reliability.raw.bin_edges, dtype=float)
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = (edges[1] - edges[0]) / 2.4
+    ax.plot([0.0, 1.0], [0.0, 1.0], ls="--", color="black", lw=0.8, label="perfectly calibrated")
+    for offset, which in ((-0.5, "raw"), (0.5, "calibrated")):
+        counts, confidence, accuracy = _pooled(getattr(reliability, which))
+        filled = counts > 0
+        colour = PROBABILITY_COLOURS[which]
+        ax.plot(
+            confidence[filled],
+            accuracy[filled],
+            marker="o",
+            ms=3,
+            color=colour,
+            label=f"{which} (ECE {reliability.ece(which):.4f})",
+        )
+        share = counts / max(counts.sum(), 1.0)
+        share_ax.bar(centres + offset * width, share, width=width, color=colour)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("accuracy" if not reliability.per_class else "fraction positive")
+    ax.set_title(f"reliability: {reliability.describe()}")
+    ax.legend(loc="best")
+    ax.tick_params(labelbottom=False)
+    share_ax.set_xlim(0.0, 1.0)
+    share_ax.set_xlabel("confidence (mean per bin)" if not reliability.per_class else "probability")
+    share_ax.set_ylabel("share of pixels")

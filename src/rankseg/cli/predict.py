@@ -17,6 +17,7 @@ import numpy as np
 
 from .._options import DEFAULT_SOLVER
 from .._predictor import RankSEG
+from ..calibration import TemperatureScaling
 from ._common import (
     Progress,
     Reporter,
@@ -27,7 +28,7 @@ from ._common import (
     progress_enabled,
 )
 from ._runner import TaskFailed, executor_from_args, run_tasks
-from .evaluate import load_probs
+from .evaluate import calibration_from_args, load_probs
 from .io import (
     ARRAY_SUFFIXES,
     InputError,
@@ -55,6 +56,7 @@ class PredictTask:
     logits: bool = False
     activation: str | None = None
     force: bool = False
+    calibration: TemperatureScaling | None = None  # with logits: divide them by its temperature
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ def predict_file(task: PredictTask) -> PredictResult:
 
 
 def _predict(task: PredictTask) -> str:
-    probs, like = load_probs(task.path, logits=task.logits, activation=task.activation)
+    probs, like = load_probs(
+        task.path, logits=task.logits, activation=task.activation, calibration=task.calibration
+    )
     classes = probs.shape[0]
     mode = task.output_mode or ("multiclass" if classes > 1 else "multilabel")
     outputs = [task.target]
@@ -138,6 +142,11 @@ def run_command(args: argparse.Namespace) -> int:
     solver = args.solver if args.solver is not None else DEFAULT_SOLVER
     # checked now: a bad option is a usage error before any work
     predictor_from_args(args, solver, args.output_mode or "multiclass", report)
+    try:
+        calibration = calibration_from_args(args)
+    except InputError as exc:
+        report.error(str(exc))
+        return 1
     files, folders = _expand_inputs(args.inputs, report)
     prepare_out_folder(args.out, folders)
 
@@ -175,6 +184,7 @@ def run_command(args: argparse.Namespace) -> int:
                 logits=args.logits,
                 activation=args.activation,
                 force=args.force,
+                calibration=calibration,
             )
         )
 

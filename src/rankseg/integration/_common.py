@@ -1,5 +1,5 @@
 """Shared by the integrations: output-field access and checks, size parsing, the restoration dtype,
-resizing, and RankSEG on restored maps."""
+resizing, temperature scaling of the logits (``calibration=``), and RankSEG on restored maps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._inputs import as_dense
 from .._options import resolve_options
 from .._predictor import RankSEG
+from ..calibration import TemperatureScaling, resolve_calibration
 
 __all__ = [
     "MAX_PIXELS",
@@ -23,9 +25,11 @@ __all__ = [
     "check_magnitude",
     "check_pixels",
     "check_readable",
+    "divide_logits",
     "field",
     "float_field",
     "make_predictor",
+    "mask_calibration",
     "parse_sizes",
     "predict",
     "resize_probabilities",
@@ -46,16 +50,10 @@ def field(outputs: Any, name: str) -> Any:
 
 
 def check_readable(tensor: Tensor, name: str) -> Tensor:
-    """Refuse tensors whose values cannot be read as a dense array: sparse (or any non-strided)
-    layouts (``TypeError``) and the ``meta`` device, which holds shapes but no values (``ValueError``)."""
-    if tensor.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense tensor; got layout {tensor.layout}. Pass tensor.to_dense()")
-    if tensor.is_meta:
-        raise ValueError(
-            f"{name} is on the meta device, which holds shapes but no values; run the model on a real "
-            "device (cpu, cuda, ...)"
-        )
-    return tensor
+    """Refuse tensors whose values cannot be read as a dense array (the core's one check,
+    :func:`rankseg._inputs.as_dense`): sparse, nested or quantized layouts (``TypeError``) and the
+    ``meta`` device, which holds shapes but no values (``ValueError``), naming ``name``."""
+    return as_dense(tensor, name)[0]
 
 
 def float_field(outputs: Any, name: str, dims: tuple[str, ...], required: bool = True) -> Tensor | None:
@@ -250,3 +248,34 @@ def resize_probabilities(probs: Tensor, size: tuple[int, int]) -> Tensor:
     """:func:`bilinear` in probability space (SAM3's order: sigmoid first, then resize), clamped
     to [0, 1]: interpolation weights can round a value of 1 a few ulps above it."""
     return bilinear(probs, size).clamp_(0.0, 1.0)
+
+
+def mask_calibration(calibration: Any, adapter: str) -> TemperatureScaling | None:
+    """The fitted sigmoid :class:`~rankseg.calibration.TemperatureScaling` of a SAM adapter's
+    ``calibration=`` (``None`` for none), refusing a per-class one by name: mask logits have one
+    channel per prompt or object, not per class, so only a global temperature has a meaning there."""
+    scaler = resolve_calibration(calibration, activation="sigmoid", name=f"{adapter} calibration")
+    if scaler is not None and scaler.temperature_.dim() == 1:
+        raise ValueError(
+            f"{adapter} calibration must be a global temperature: SAM mask logits have one channel per "
+            f"prompt or object, not per class, but this calibration holds {scaler.temperature_.numel()} "
+            "per-class temperatures (per_class=True); fit TemperatureScaling('sigmoid') with "
+            "per_class=False on the mask logits"
+        )
+    return scaler
+
+
+def divide_logits(logits: Tensor, scaler: TemperatureScaling | None, name: str, dim: int = 1) -> Tensor:
+    """``logits / T`` (``scaler.scale_logits``) for float32/float64 ``logits``; unchanged without a
+    scaler. Division by ``T = 1`` is exact, so a unit temperature changes no bit. A per-class ``T``
+    must have one value per channel along ``dim`` (``ValueError`` naming ``name`` otherwise)."""
+    if scaler is None:
+        return logits
+    temperature = scaler.temperature_
+    if temperature.dim() == 1 and logits.shape[dim] != temperature.numel():
+        raise ValueError(
+            f"calibration holds per-class temperatures for {temperature.numel()} classes but {name} has "
+            f"{logits.shape[dim]} class channels (shape {tuple(logits.shape)}); fit the calibration on "
+            "this model's logits"
+        )
+    return scaler.scale_logits(logits, dim=dim)

@@ -28,7 +28,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import bilinear, check_magnitude, check_readable, field, parse_sizes, restoration_dtype
+from ..calibration import TemperatureScaling
+from ._common import (
+    bilinear,
+    check_magnitude,
+    check_readable,
+    divide_logits,
+    field,
+    parse_sizes,
+    restoration_dtype,
+)
 
 TRACKER_OUTPUTS = (
     "Sam2VideoSegmentationOutput",
@@ -298,13 +307,17 @@ def _score(value: Any) -> float:
     return float(value.item() if isinstance(value, Tensor) else value)
 
 
-def restore_concept_frame(inference_session: Any, outputs: Any, original_sizes: Any) -> dict[str, Any]:
+def restore_concept_frame(
+    inference_session: Any, outputs: Any, original_sizes: Any, scaler: TemperatureScaling | None = None
+) -> dict[str, Any]:
     """Mask probabilities of the objects ``Sam3VideoProcessor.postprocess_outputs`` may show.
 
     Objects in ascending id order; those in ``outputs.suppressed_obj_ids`` or the session's
     ``hotstart_removed_obj_ids`` are hidden, as in the official code. Per object::
 
-        mask_probs = sigmoid(bilinear(obj_id_to_mask[id], (H, W)))   # the official `> 0` is on the logits
+        mask_probs = sigmoid(bilinear(obj_id_to_mask[id] / T, (H, W)))   # the official `> 0` is on the logits
+
+    ``T`` is the global temperature of ``scaler`` (a checked sigmoid calibration), 1 without one.
 
     Returns ``{"frame_idx", "object_ids" int64 (N,), "scores" (N,), "tracker_scores" (N,),
     "mask_probs" (N, H, W)}``: scores from ``obj_id_to_score``, tracker scores from
@@ -344,7 +357,8 @@ def restore_concept_frame(inference_session: Any, outputs: Any, original_sizes: 
         logits.append(mask)
     if logits:
         dtype = restoration_dtype(*logits)
-        probs = torch.sigmoid(bilinear(torch.cat(logits)[:, None].to(dtype), size))[:, 0]
+        low = divide_logits(torch.cat(logits)[:, None].to(dtype), scaler, "outputs.obj_id_to_mask")
+        probs = torch.sigmoid(bilinear(low, size))[:, 0]
     else:
         probs = torch.zeros(0, *size)
     return {

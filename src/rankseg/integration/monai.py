@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .._inputs import as_tensor
 from .._options import DEFAULT_SOLVER, resolve_options
-from ..functional import rankseg
+from ..functional import rankseg_resolved
 
 try:
     from monai.config import KeysCollection
@@ -171,17 +171,7 @@ class RankSEG(Transform):
         onehot = _check_onehot(_pick(to_onehot, self.to_onehot), options.output_mode, classes)
         probs = _probabilities(item, _check_activation(_pick(activation, self.activation)))
 
-        masks = rankseg(
-            probs[None],
-            metric=options.metric,
-            smooth=options.smooth,
-            output_mode=options.output_mode,
-            solver=options.solver,
-            pruning_prob=options.pruning_prob,
-            unassigned_policy=options.unassigned_policy,
-            void_index=options.void_index,
-            eps=options.eps,
-        )[0]
+        masks = rankseg_resolved(probs[None], options)[0]
         if options.output_mode == "multilabel":
             if options.metric == "acc":  # AsDiscrete(threshold=0.5) is `>=`; the core's 0.5 threshold is `>`
                 masks = masks | (probs == 0.5)

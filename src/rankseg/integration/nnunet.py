@@ -78,8 +78,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .._options import resolve_options
-from ..functional import rankseg
+from .._options import Options, resolve_options
+from ..functional import rankseg_resolved
 
 try:
     from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
@@ -277,7 +277,7 @@ def read_folder(pred_dir: str | os.PathLike) -> NnunetFolder:
 # ------------------------------------------------------------------------------- the per-case rule
 
 
-def _checked_options(rankseg_kwargs: Mapping[str, Any] | None, regions: bool) -> dict[str, Any]:
+def _checked_options(rankseg_kwargs: Mapping[str, Any] | None, regions: bool) -> Options:
     """RankSEG's options for an nnU-Net model, checked and canonical (so workers never warn again)."""
     if rankseg_kwargs is None:
         rankseg_kwargs = {}
@@ -301,16 +301,7 @@ def _checked_options(rankseg_kwargs: Mapping[str, Any] | None, regions: bool) ->
             "rankseg_kwargs has unassigned_policy='void'; nnU-Net segmentations hold label values only, "
             "so use 'max_score' (the default)"
         )
-    return {
-        "metric": options.metric,
-        "smooth": options.smooth,
-        "output_mode": options.output_mode,
-        "solver": options.solver,
-        "pruning_prob": options.pruning_prob,
-        "eps": options.eps,
-        "unassigned_policy": options.unassigned_policy,
-        "void_index": options.void_index,
-    }
+    return options
 
 
 def _channel_names(manager: LabelManager) -> str:
@@ -323,9 +314,7 @@ def _segmentation_dtype(manager: LabelManager) -> type:
     return np.uint8 if len(manager.foreground_labels) < 255 else np.uint16
 
 
-def _segment(
-    probabilities: Tensor | np.ndarray, manager: LabelManager, options: dict[str, Any]
-) -> np.ndarray:
+def _segment(probabilities: Tensor | np.ndarray, manager: LabelManager, options: Options) -> np.ndarray:
     heads = manager.num_segmentation_heads
     if probabilities.ndim < 2 or probabilities.shape[0] != heads:
         kind = "regions" if manager.has_regions else "labels"
@@ -334,7 +323,7 @@ def _segment(
             f"{probabilities.shape[0] if probabilities.ndim else 0} channel(s), but dataset.json defines "
             f"{heads} {kind} ({_channel_names(manager)}); expected shape ({heads}, *spatial)"
         )
-    masks = rankseg(probabilities[None], **options)[0]
+    masks = rankseg_resolved(probabilities[None], options)[0]
     if isinstance(masks, Tensor):
         masks = masks.cpu().numpy()
     if manager.has_regions:
@@ -499,7 +488,7 @@ def _write_segmentation(
 
 
 def _timed_segment(
-    probabilities: np.ndarray, manager: LabelManager, options: dict[str, Any], npz: Path
+    probabilities: np.ndarray, manager: LabelManager, options: Options, npz: Path
 ) -> tuple[np.ndarray, float]:
     """:func:`_segment` and its seconds; bad probabilities (NaN, outside [0, 1]) name the file."""
     start = time.perf_counter()
@@ -528,7 +517,7 @@ class PostprocessTask:
     out_dir: str
     dataset_json: dict[str, Any]
     plans: dict[str, Any]
-    rankseg_kwargs: dict[str, Any]  # canonical, from prepare_postprocess
+    rankseg_kwargs: Options  # checked, from prepare_postprocess
     force: bool = False
 
 
@@ -684,7 +673,7 @@ class EvaluationTask:
     labels_dir: str
     dataset_json: dict[str, Any]
     plans: dict[str, Any]
-    methods: tuple[tuple[str, dict[str, Any]], ...]  # (name, canonical RankSEG options)
+    methods: tuple[tuple[str, Options], ...]  # (name, checked RankSEG options)
 
 
 @dataclass
@@ -730,7 +719,7 @@ def prepare_evaluation(
     methods: dict[str, dict[str, Any]] = {}
     for kwargs in variants:
         options = _checked_options(kwargs, manager.has_regions) if solvers is not None else base
-        methods.setdefault(options["solver"], options)  # a solver named twice (or falling back) runs once
+        methods.setdefault(options.solver, options)  # a solver named twice (or falling back) runs once
     return [
         EvaluationTask(
             case, str(folder.path), str(labels), folder.dataset_json, folder.plans, tuple(methods.items())

@@ -36,6 +36,13 @@ Video tracking, one frame at a time (logic in ``_sam_video.py``; ``docs/integrat
 ``Sam3.restore_video_mask_probs`` / ``postprocess_video`` / ``propagate`` take
 ``Sam3VideoSegmentationOutput`` frames (``Sam3VideoProcessor.postprocess_outputs``).
 
+Calibration: every adapter takes ``calibration=`` (a sigmoid
+:class:`rankseg.calibration.TemperatureScaling` fitted on mask logits, the path of its JSON file, or
+its ``state_dict()``; a global temperature only, since mask channels are prompts or objects, not
+classes). ``T`` divides the mask logits before anything else, so the probabilities are those of the
+official post-processing run on ``pred_masks / T`` (``obj_id_to_mask / T``, ``semantic_seg / T``);
+SAM3's query and presence scores are left alone.
+
 This module never imports ``transformers``: it dispatches on the output's field names and on
 ``type(outputs).__name__``, so any object with the right fields (a ``types.SimpleNamespace``, a
 dict) works too.
@@ -56,9 +63,11 @@ from .._predictor import RankSEG
 from . import _sam_video
 from ._common import (
     bilinear,
+    divide_logits,
     field,
     float_field,
     make_predictor,
+    mask_calibration,
     parse_sizes,
     predict,
     resize_probabilities,
@@ -72,6 +81,8 @@ __all__ = ["Sam1", "Sam2", "Sam3"]
 Sizes = Tensor | np.ndarray | Sequence[Sequence[int]] | Sequence[int]
 #: SAM1 pad size: the processor's ``pad_size`` (``height``/``width``), a dict, ``(h, w)``, an int, or None.
 PadSize = Any
+#: A fitted sigmoid ``TemperatureScaling``, the path of its JSON file, its ``state_dict()``, or None.
+Calibration = Any
 
 # Output classes of each family, by name (transformers 5.x); the adapter that restores them.
 _FAMILY_BY_CLASS = {
@@ -181,10 +192,16 @@ _PROMPT_MASKS = ("batch", "point_batch", "masks_per_prompt", "height", "width")
 _NO_MASK = "outputs.pred_masks has no mask per prompt"
 
 
-def _prompt_mask_logits(outputs: Any, adapter: str) -> Tensor:
+def _prompt_mask_logits(outputs: Any, adapter: str, calibration: Calibration) -> Tensor:
+    """``pred_masks`` in the restoration dtype, divided by the calibration's temperature."""
     _check_family(outputs, adapter)
     logits = float_field(outputs, "pred_masks", _PROMPT_MASKS)
-    return logits.to(restoration_dtype(logits))
+    scaler = mask_calibration(calibration, adapter)
+    return divide_logits(logits.to(restoration_dtype(logits)), scaler, "outputs.pred_masks")
+
+
+def _calibration_repr(calibration: Calibration) -> str:
+    return "" if calibration is None else f", calibration={calibration!r}"
 
 
 def _pad_size(pad_size: PadSize) -> tuple[int, int]:
@@ -251,6 +268,8 @@ class Sam1:
             object with ``height`` and ``width``), a ``{"height", "width"}`` dict, a
             ``(height, width)`` pair or an int. ``None``:
             1024x1024, the ``SamImageProcessor`` default.
+        calibration: a global sigmoid temperature fitted on the mask logits (see the module
+            docstring); ``pred_masks`` is divided by it before the first resize. ``None``: none.
 
     Example:
         >>> import types, torch
@@ -266,9 +285,16 @@ class Sam1:
         torch.Size([2, 3, 20, 30])
     """
 
-    def __init__(self, rankseg_kwargs: Mapping[str, Any] | None = None, pad_size: PadSize = None) -> None:
+    def __init__(
+        self,
+        rankseg_kwargs: Mapping[str, Any] | None = None,
+        pad_size: PadSize = None,
+        *,
+        calibration: Calibration = None,
+    ) -> None:
         self.rankseg_kwargs = rankseg_kwargs
         self.pad_size = pad_size
+        self.calibration = calibration
 
     def restore_mask_probs(
         self, outputs: Any, original_sizes: Sizes, reshaped_input_sizes: Sizes
@@ -289,9 +315,9 @@ class Sam1:
         Raises:
             TypeError, ValueError: naming the output field (another family, wrong shape, NaN/inf,
                 sparse or meta tensors) or the size argument (form, length, bools, more than
-                2**31 - 1 pixels).
+                2**31 - 1 pixels); a ``calibration`` that is per class, for softmax, or unfitted.
         """
-        logits = _prompt_mask_logits(outputs, "Sam1")
+        logits = _prompt_mask_logits(outputs, "Sam1", self.calibration)
         batch = logits.shape[0]
         originals = parse_sizes(original_sizes, batch, "original_sizes")
         reshaped = parse_sizes(reshaped_input_sizes, batch, "reshaped_input_sizes")
@@ -323,7 +349,10 @@ class Sam1:
         )
 
     def __repr__(self) -> str:
-        return f"Sam1(rankseg_kwargs={self.rankseg_kwargs!r}, pad_size={self.pad_size!r})"
+        return (
+            f"Sam1(rankseg_kwargs={self.rankseg_kwargs!r}, pad_size={self.pad_size!r}"
+            f"{_calibration_repr(self.calibration)})"
+        )
 
 
 class Sam2:
@@ -344,6 +373,10 @@ class Sam2:
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
             to ``"multilabel"``.
         apply_non_overlapping_constraints: the official option of the same name.
+        calibration: a global sigmoid temperature fitted on the mask logits (see the module
+            docstring); ``pred_masks`` is divided by it before the resize (and before the
+            non-overlap step, which then works on ``pred_masks / T`` as the official code would).
+            Video frames too. ``None``: none.
 
     Example:
         >>> import types, torch
@@ -361,10 +394,15 @@ class Sam2:
     """
 
     def __init__(
-        self, rankseg_kwargs: Mapping[str, Any] | None = None, apply_non_overlapping_constraints: bool = False
+        self,
+        rankseg_kwargs: Mapping[str, Any] | None = None,
+        apply_non_overlapping_constraints: bool = False,
+        *,
+        calibration: Calibration = None,
     ) -> None:
         self.rankseg_kwargs = rankseg_kwargs
         self.apply_non_overlapping_constraints = apply_non_overlapping_constraints
+        self.calibration = calibration
 
     def restore_mask_probs(
         self, outputs: Any, original_sizes: Sizes | None = None, *, inference_session: Any = None
@@ -406,7 +444,7 @@ class Sam2:
                 self.restore_mask_probs, outputs, original_sizes, inference_session
             )
         non_overlap = _check_flag(self.apply_non_overlapping_constraints, "apply_non_overlapping_constraints")
-        logits = _prompt_mask_logits(outputs, "Sam2")
+        logits = _prompt_mask_logits(outputs, "Sam2", self.calibration)
         originals = parse_sizes(original_sizes, logits.shape[0], "original_sizes")
         probs = []
         for i, size in enumerate(originals):
@@ -452,7 +490,8 @@ class Sam2:
     def __repr__(self) -> str:
         return (
             f"Sam2(rankseg_kwargs={self.rankseg_kwargs!r}, "
-            f"apply_non_overlapping_constraints={self.apply_non_overlapping_constraints!r})"
+            f"apply_non_overlapping_constraints={self.apply_non_overlapping_constraints!r}"
+            f"{_calibration_repr(self.calibration)})"
         )
 
 
@@ -476,6 +515,10 @@ class Sam3:
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG`; ``output_mode`` defaults
             to ``"multilabel"``.
         threshold: queries with a score above it are kept (official default 0.3).
+        calibration: a global sigmoid temperature fitted on the mask logits (see the module
+            docstring): ``pred_masks``, ``semantic_seg`` and the video ``obj_id_to_mask`` logits
+            are divided by it before the sigmoid; the query scores (``pred_logits``,
+            ``presence_logits``) are not. ``None``: none.
 
     Example:
         >>> import types, torch
@@ -491,9 +534,16 @@ class Sam3:
         torch.Size([20, 30])
     """
 
-    def __init__(self, rankseg_kwargs: Mapping[str, Any] | None = None, threshold: float = 0.3) -> None:
+    def __init__(
+        self,
+        rankseg_kwargs: Mapping[str, Any] | None = None,
+        threshold: float = 0.3,
+        *,
+        calibration: Calibration = None,
+    ) -> None:
         self.rankseg_kwargs = rankseg_kwargs
         self.threshold = threshold
+        self.calibration = calibration
 
     def restore_instance_mask_probs(
         self, outputs: Any, target_sizes: Sizes | None = None
@@ -537,6 +587,7 @@ class Sam3:
                 f"outputs.presence_logits must have shape ({batch}, 1); got {tuple(presence.shape)}"
             )
         sizes = None if target_sizes is None else parse_sizes(target_sizes, batch, "target_sizes")
+        scaler = mask_calibration(self.calibration, "Sam3")
 
         scores = torch.sigmoid(query_logits.to(restoration_dtype(query_logits)))
         if presence is not None:
@@ -545,11 +596,13 @@ class Sam3:
         if sizes is not None:
             scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes.dtype, device=boxes.device)
             boxes = boxes * scale.view(batch, 1, 4)
-        mask_dtype = restoration_dtype(mask_logits)
+        mask_logits = divide_logits(
+            mask_logits.to(restoration_dtype(mask_logits)), scaler, "outputs.pred_masks"
+        )
         results = []
         for i in range(batch):
             keep = scores[i] > threshold
-            probs = torch.sigmoid(mask_logits[i][keep].to(mask_dtype))  # (K, h, w)
+            probs = torch.sigmoid(mask_logits[i][keep])  # (K, h, w)
             if sizes is not None:
                 if probs.shape[0] > 0:
                     probs = resize_probabilities(probs[None], sizes[i])[0]
@@ -591,8 +644,11 @@ class Sam3:
             raise ValueError(
                 f"outputs.semantic_seg must have shape (batch, 1, height, width); got {tuple(semantic.shape)}"
             )
+        scaler = mask_calibration(self.calibration, "Sam3")
         # the same map as any other semantic_seg output: one implementation, in transformers.py
-        return restore_semantic_probs({"semantic_seg": semantic}, target_sizes=target_sizes)
+        return restore_semantic_probs(
+            {"semantic_seg": semantic}, target_sizes=target_sizes, calibration=scaler
+        )
 
     def postprocess_semantic(self, outputs: Any, target_sizes: Sizes | None = None) -> list[Tensor]:
         """RankSEG semantic masks: ``RankSEG(**rankseg_kwargs)(probs[None])[0, 0]`` per image.
@@ -620,7 +676,8 @@ class Sam3:
             ``{"frame_idx": int, "object_ids": int64 (N,), "scores": (N,), "tracker_scores": (N,),
             "mask_probs": (N, H, W)}``, float32; ``threshold`` does not apply to video.
         """
-        return _sam_video.restore_concept_frame(inference_session, outputs, original_sizes)
+        scaler = mask_calibration(self.calibration, "Sam3")
+        return _sam_video.restore_concept_frame(inference_session, outputs, original_sizes, scaler)
 
     def postprocess_video(
         self, inference_session: Any, outputs: Any, original_sizes: Sizes | None = None
@@ -665,4 +722,7 @@ class Sam3:
         )
 
     def __repr__(self) -> str:
-        return f"Sam3(rankseg_kwargs={self.rankseg_kwargs!r}, threshold={self.threshold!r})"
+        return (
+            f"Sam3(rankseg_kwargs={self.rankseg_kwargs!r}, threshold={self.threshold!r}"
+            f"{_calibration_repr(self.calibration)})"
+        )

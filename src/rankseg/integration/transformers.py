@@ -6,6 +6,7 @@ Swap only the last step of ``processor -> model -> outputs -> post_process_seman
     from rankseg.integration import transformers
     preds = transformers.postprocess(outputs, target_sizes=sizes, rankseg_kwargs={"metric": "dice"})
     probs = transformers.restore_semantic_probs(outputs, target_sizes=sizes)  # one (C, H, W) per image
+    preds = transformers.postprocess(outputs, target_sizes=sizes, calibration="calibration.json")
 
 :func:`restore_semantic_probs` repeats, for each output family, the geometry of the official
 semantic post-processing of transformers 5.x (which resize, which non-linearity, in which order,
@@ -20,6 +21,7 @@ checks tensor ranks, and only where the fields are ambiguous looks at the output
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,10 +29,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..calibration import TemperatureScaling, resolve_calibration
 from ._common import (
     bilinear,
     check_pixels,
     check_readable,
+    divide_logits,
     field,
     float_field,
     make_predictor,
@@ -67,6 +71,16 @@ _DETR_CLASSES = {
 }
 _DETR_MODEL_TYPES = {"detr": "detr", "conditional_detr": "conditional_detr"}
 
+# Display names of the families that refuse calibration= (their scores are no activation of dense logits).
+_FAMILY_NAMES = {
+    "maskformer": "MaskFormer",
+    "mask2former": "Mask2Former",
+    "oneformer": "OneFormer",
+    "eomt": "EoMT",
+    "detr": "DETR",
+    "conditional_detr": "ConditionalDETR",
+}
+
 _SAM_PREFIXES = ("Sam", "EdgeTam")
 _SAM_MODEL_TYPES = ("sam", "edgetam")
 
@@ -86,6 +100,7 @@ def restore_semantic_probs(
     target_sizes: Sequence[Sequence[int]] | Tensor | None = None,
     size: Any = None,
     antialias: bool | None = None,
+    calibration: TemperatureScaling | str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> list[Tensor]:
     r"""Per-image class probabilities restored from a Transformers segmentation output.
 
@@ -121,6 +136,14 @@ def restore_semantic_probs(
             in this environment (torchvision if installed); pass ``False`` if you use
             ``OneFormerImageProcessorPil`` (or ``backend="pil"``), ``True`` for the torchvision one.
             Ignored for other families.
+        calibration: a temperature fitted on validation logits
+            (:class:`rankseg.calibration.TemperatureScaling`, the path of its JSON file, or its
+            ``state_dict()``), or ``None``. It divides the dense logits before the resize and the
+            activation: ``softmax(bilinear(logits / T))`` (a softmax calibration, global or per
+            class) and ``bilinear(sigmoid(semantic_seg / T))`` (a sigmoid one), i.e. the official
+            post-processing of the outputs with their logits divided by ``T``; ``T = 1`` changes no
+            bit. Query and DETR families refuse it: their scores mix a softmax over query classes with
+            sigmoid masks, not one activation of dense logits, so a temperature has no defined place.
 
     Returns:
         A list with one ``(C, H, W)`` tensor per image (empty for an empty batch), on the outputs'
@@ -138,7 +161,9 @@ def restore_semantic_probs(
         ValueError: SAM-family, SegGPT, RF-DETR, CLIPSeg or unrecognised outputs; fields of the wrong
             rank, with an empty map, inconsistent shapes, NaN/inf values or on the meta device; a
             family the fields cannot identify without ``model``; ``target_sizes`` of the wrong form
-            or length, with bools or over 2**31 - 1 pixels; EoMT without ``target_sizes`` or ``size``.
+            or length, with bools or over 2**31 - 1 pixels; EoMT without ``target_sizes`` or ``size``;
+            ``calibration`` for a query or DETR family, fitted for the other activation, unfitted, or
+            per class with another number of classes.
 
     Example:
         >>> import torch
@@ -149,8 +174,12 @@ def restore_semantic_probs(
         [(3, 32, 32), (3, 16, 24)]
         >>> bool(torch.allclose(probs[1].sum(dim=0), torch.ones(16, 24)))
         True
+        >>> state = {"format": "rankseg.TemperatureScaling", "version": 1, "temperature": 0.5}
+        >>> sharper = transformers.restore_semantic_probs(outputs, calibration=state)  # softmax(logits / 0.5)
+        >>> bool(torch.allclose(sharper[0], torch.softmax(outputs["logits"][0] / 0.5, dim=0)))
+        True
     """
-    restored = _restore(outputs, model, target_sizes, size, antialias)
+    restored = _restore(outputs, model, target_sizes, size, antialias, calibration)
     per_image: list[Tensor] = [torch.empty(0)] * restored.batch
     for index, maps in restored.groups:
         for i, probs in zip(index, maps.unbind(0), strict=True):
@@ -166,6 +195,7 @@ def postprocess(
     rankseg_kwargs: Mapping[str, Any] | None = None,
     size: Any = None,
     antialias: bool | None = None,
+    calibration: TemperatureScaling | str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> list[Tensor]:
     """RankSEG predictions in place of ``post_process_semantic_segmentation``'s argmax.
 
@@ -175,7 +205,8 @@ def postprocess(
     channel and ``"multilabel"`` for one (``semantic_seg``).
 
     Args:
-        outputs, model, target_sizes, size, antialias: as for :func:`restore_semantic_probs`.
+        outputs, model, target_sizes, size, antialias, calibration: as for
+            :func:`restore_semantic_probs`.
         rankseg_kwargs: keyword arguments of :class:`rankseg.RankSEG` (``metric``, ``solver``,
             ``output_mode``, ...). ``None`` means Dice with the RMA solver.
 
@@ -198,7 +229,7 @@ def postprocess(
         >>> [(tuple(p.shape), p.dtype) for p in preds]
         [((32, 32), torch.int64), ((16, 24), torch.int64)]
     """
-    restored = _restore(outputs, model, target_sizes, size, antialias)
+    restored = _restore(outputs, model, target_sizes, size, antialias, calibration)
     classes = restored.groups[0][1].shape[1] if restored.groups else 0
     predictor = make_predictor(rankseg_kwargs, "multiclass" if classes > 1 else "multilabel")
     no_class = f"outputs.{restored.class_field} has no class channel"
@@ -213,14 +244,34 @@ def postprocess(
 # Identification: which family produced ``outputs``.
 
 
-def _restore(outputs: Any, model: Any, target_sizes: Any, size: Any, antialias: bool | None) -> _Restored:
+def _restore(
+    outputs: Any, model: Any, target_sizes: Any, size: Any, antialias: bool | None, calibration: Any
+) -> _Restored:
     """Identify the family and restore its maps, grouped by output size."""
     family = _identify(outputs, model)
+    if family in _PLAIN_RESTORERS:
+        return _PLAIN_RESTORERS[family](outputs, target_sizes, calibration)
+    if calibration is not None:
+        raise ValueError(_no_calibration_message(family))
     if family in _QUERY_GEOMETRY:
         return _restore_queries(outputs, target_sizes, _QUERY_GEOMETRY[family], antialias)
-    if family == "eomt":
-        return _restore_eomt(outputs, target_sizes, size)
-    return _PLAIN_RESTORERS[family](outputs, target_sizes)
+    return _restore_eomt(outputs, target_sizes, size)
+
+
+def _no_calibration_message(family: str) -> str:
+    fields = (
+        "logits + pred_masks"
+        if family in _DETR_MODEL_TYPES
+        else "class_queries_logits + masks_queries_logits"
+    )
+    return (
+        f"calibration= has no defined place in {_FAMILY_NAMES[family]} post-processing: its class scores "
+        f"({fields}) mix a softmax over each query's classes with sigmoid masks, "
+        "S = einsum(softmax(class_logits)[..., :K], sigmoid(mask_logits)), so there are no dense class "
+        "logits whose softmax or sigmoid gives the probabilities, and no single temperature to divide them "
+        "by. Temperature scaling applies to dense-logit models (outputs.logits: SegFormer, UperNet, DPT, "
+        "BEiT, ...; outputs.semantic_seg: SAM3); call without calibration"
+    )
 
 
 def _identify(outputs: Any, model: Any) -> str:
@@ -379,28 +430,32 @@ def _oneformer_antialias(antialias: bool | None) -> bool:
 # Restoration per family (design note hf-postprocess.md, sections 1-4).
 
 
-def _restore_logits(outputs: Any, target_sizes: Any) -> _Restored:
-    """Plain models: bilinear resize of the logits, then softmax (section 1)."""
+def _restore_logits(outputs: Any, target_sizes: Any, calibration: Any) -> _Restored:
+    """Plain models: bilinear resize of the logits (divided by the calibration's ``T``), then
+    softmax (section 1)."""
     name = "segmentation_logits" if field(outputs, "segmentation_logits") is not None else "logits"
     logits = float_field(outputs, name, ("batch", "classes", "height", "width"))
-    logits = logits.to(restoration_dtype(logits))
+    scaler = resolve_calibration(calibration, activation="softmax")
+    logits = divide_logits(logits.to(restoration_dtype(logits)), scaler, f"outputs.{name}")
     sizes = _sizes(target_sizes, logits.shape[0])
     return _Restored(_resize_groups(logits, sizes, lambda maps: maps.softmax(dim=1)), logits.shape[0], name)
 
 
-def _restore_semantic_seg(outputs: Any, target_sizes: Any) -> _Restored:
-    """SAM3 ``semantic_seg``: sigmoid first, then bilinear resize in probability space (section 4).
+def _restore_semantic_seg(outputs: Any, target_sizes: Any, calibration: Any) -> _Restored:
+    """SAM3 ``semantic_seg``: sigmoid first (of the logits divided by the calibration's ``T``),
+    then bilinear resize in probability space (section 4).
 
     The clamp only absorbs float rounding of the interpolation weights above 1.
     """
     logits = float_field(outputs, "semantic_seg", ("batch", "channels", "height", "width"))
-    probs = logits.to(restoration_dtype(logits)).sigmoid()
+    scaler = resolve_calibration(calibration, activation="sigmoid")
+    probs = divide_logits(logits.to(restoration_dtype(logits)), scaler, "outputs.semantic_seg").sigmoid()
     sizes = _sizes(target_sizes, logits.shape[0])
     groups = _resize_groups(probs, sizes, lambda maps: maps.clamp_(0.0, 1.0))
     return _Restored(groups, logits.shape[0], "semantic_seg")
 
 
-_PLAIN_RESTORERS: dict[str, Callable[[Any, Any], _Restored]] = {
+_PLAIN_RESTORERS: dict[str, Callable[[Any, Any, Any], _Restored]] = {
     "logits": _restore_logits,
     "semantic_seg": _restore_semantic_seg,
 }
