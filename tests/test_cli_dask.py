@@ -130,17 +130,16 @@ def test_predict_on_dask_writes_the_same_bytes_and_lines_as_one_process(data, cl
     status, single_out, _ = main_in_process(["predict", *inputs, "--out", tmp_path / "one"], capsys)
     assert status == 0
     remote = run("predict", *inputs, "--out", tmp_path / "remote", "--dask", ready(cluster), "--progress")
-    local = run("predict", *inputs, "--out", tmp_path / "local", "--dask", "local", "--workers", "2")
     written = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert len(written) == 15  # 9 masks, and a PNG beside each of the six 2-D multiclass ones
-    for result, name in ((remote, "remote"), (local, "local")):
-        assert result.returncode == 0, result.stderr
-        assert errors(result.stderr) == []
-        assert sorted(p.name for p in (tmp_path / name).iterdir()) == written
-        for file in written:
-            assert (tmp_path / "one" / file).read_bytes() == (tmp_path / name / file).read_bytes(), file
-        assert result.stdout == single_out.replace(str(tmp_path / "one"), str(tmp_path / name))
+    assert remote.returncode == 0, remote.stderr
+    assert errors(remote.stderr) == []
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == written
+    for file in written:
+        assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "remote" / file).read_bytes(), file
+    assert remote.stdout == single_out.replace(str(tmp_path / "one"), str(tmp_path / "remote"))
     assert "rankseg predict [####################] 9/9 " in remote.stderr  # one step per file
+    # --dask local (the command's own cluster) is compared in test_ctrl_c_stops_a_local_cluster_run...
 
 
 def _without_times(table):
@@ -177,6 +176,30 @@ def test_evaluate_on_dask_prints_the_same_table_and_saves_the_same_results(data,
     for method in ("argmax", "RMA", "exact"):
         for key in ("mDice_I", "mIoU_I", "mIoU_D", "mDice_C", "per_class", "per_image_dice"):
             assert one["methods"][method][key] == two["methods"][method][key], (method, key)
+
+
+def test_nnunet_and_evaluate_nnunet_on_dask_write_and_print_what_the_library_does(cluster, tmp_path):
+    pytest.importorskip("nnunetv2")
+    from rankseg.integration import nnunet
+
+    import nnunet_folders
+
+    folder = nnunet_folders.build(nnunet_folders.LABELS, tmp_path / "built")
+    nnunet.postprocess_folder(folder.pred_dir, tmp_path / "library")
+    address = ready(cluster)
+    result = run("nnunet", folder.pred_dir, "--out", tmp_path / "out", "--dask", address)
+    assert result.returncode == 0, result.stderr
+    library = sorted((tmp_path / "library").iterdir())
+    assert [p.name for p in library] == sorted(p.name for p in (tmp_path / "out").iterdir())
+    for file in library:
+        assert file.read_bytes() == (tmp_path / "out" / file.name).read_bytes(), file.name
+    assert result.stdout.splitlines() == [
+        f"{folder.pred_dir / case}.npz -> {tmp_path / 'out' / case}.nii.gz" for case in folder.cases
+    ]
+    evaluation = nnunet.evaluate_folder(folder.pred_dir, folder.labels_dir, solvers=["RMA"])
+    result = run("evaluate", "--nnunet", folder.pred_dir, "--labels", folder.labels_dir, "--dask", address)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n\n" + nnunet.format_table(evaluation) + "\n")
 
 
 # ------------------------------------------------------------------------------ lost workers
@@ -305,6 +328,7 @@ def test_a_worker_killed_mid_run_costs_no_file_and_leaves_no_partial_output(clus
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="checks the process group through /proc")
 def test_ctrl_c_stops_a_local_cluster_run_and_closes_the_cluster(tmp_path):
+    """--dask local: the cases written are what one process writes, whole, in file order; then Ctrl-C."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(12):
@@ -323,13 +347,13 @@ def test_ctrl_c_stops_a_local_cluster_run_and_closes_the_cluster(tmp_path):
         start_new_session=True,
     )
     try:
-        assert proc.stdout.readline()  # working: the first case is written
+        first = proc.stdout.readline()  # working: the first case is written
         workers = _spawned_children(proc.pid)
         assert len(workers) == 2
         for pid in workers:  # they leave the signals to the command, which stops them
             assert _ignores(pid, signal.SIGINT) and _ignores(pid, signal.SIGTERM), pid
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole process group
-        _, stderr = proc.communicate(timeout=120)
+        rest, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGINT, stderr
@@ -339,6 +363,20 @@ def test_ctrl_c_stops_a_local_cluster_run_and_closes_the_cluster(tmp_path):
     stems = {p.name.rsplit(".", 1)[0] for p in out.iterdir()}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{x}" for s in stems for x in ("npy", "png"))
     assert 1 <= len(stems) < 12
+    # the lines printed: the first files in file order, as one process prints them (files finished
+    # out of order or after the interrupt are written whole but not reported)
+    lines = (first + rest).splitlines()
+    assert lines == [
+        f"{src / s}.npy -> {out / s}.npy, {out / s}.png (multiclass labels (320, 320))"
+        for s in [f"m{i:02d}" for i in range(len(lines))]
+    ]
+    assert {f"m{i:02d}" for i in range(len(lines))} <= stems
+    from PIL import Image
+
+    for stem in stems:  # what one process writes for the file
+        expected = RankSEG(solver="TRNA")(probs_map(int(stem[1:]), spatial=(320, 320))[None])[0]
+        np.testing.assert_array_equal(np.load(out / f"{stem}.npy"), expected)
+        np.testing.assert_array_equal(np.array(Image.open(out / f"{stem}.png")), expected)
     deadline = time.monotonic() + 30
     while _group(proc.pid) and time.monotonic() < deadline:  # the cluster's worker processes end too
         time.sleep(0.1)

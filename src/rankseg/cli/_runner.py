@@ -9,7 +9,9 @@ Contract
 - ``work`` is a module-level function (so that it pickles by reference) taking one task and
   returning its result. A task is a plain picklable value that holds everything ``work`` needs
   (paths and options, no open files or models), so that it can run in another process or on
-  another machine that sees the same files. ``work`` reports a file's own problems inside its
+  another machine that sees the same files. Paths held as :class:`pathlib.Path` (in a dataclass's
+  fields, tuples, lists, dicts) are made absolute for a Dask worker that runs in another folder;
+  paths held as strings are passed on as they are. ``work`` reports a file's own problems inside its
   result; an exception that escapes it becomes a :class:`TaskFailed` naming the exception.
 - ``handle(index, outcome)`` runs in this process once per task, **in the order of** ``tasks``, as
   soon as every earlier task has finished: printed lines and tables never depend on which worker
