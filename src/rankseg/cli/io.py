@@ -23,6 +23,7 @@ import os
 import signal
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -535,17 +536,31 @@ def atomic_group() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (delivered when the block ends) where signal masks exist."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, OSError, ValueError):  # no signal masks on this platform
+    """Hold SIGINT and SIGTERM back: one that arrives in the block is delivered when it ends.
+
+    The handlers are replaced for the block by one that only records the signal (a signal mask would
+    not do: the kernel then gives the signal to another thread of the process, torch's or Dask's,
+    and Python still runs the handler in the main thread at once). Outside the main thread, where
+    Python never runs a handler, there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    arrived: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        arrived.append(signum)
+
+    previous = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not None:  # None: a handler Python did not install
+                previous[signum] = signal.signal(signum, record)
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)  # now handled as it would have been
 
 
 def _umask() -> int:
