@@ -440,44 +440,44 @@ def write_atomic(path: os.PathLike | str, write: Callable[[BinaryIO], None], *, 
     """
     path = Path(path)
     group = _GROUP.get()
+    staged: list[_Staged] = group if group is not None else []
     try:
-        _refuse_existing(path, force)
-        staged = _stage(path, write, force)
-    except OSError as exc:
-        raise InputError(path, f"cannot be written ({describe_os_error(exc)})") from None
-    if group is not None:
-        group.append(staged)
-    else:
-        _commit([staged])
+        try:
+            _refuse_existing(path, force)
+            _stage(path, write, force, staged)
+        except OSError as exc:
+            raise InputError(path, f"cannot be written ({describe_os_error(exc)})") from None
+        if group is None:
+            _commit(staged)
+    except BaseException:  # an interrupt between two steps must not leave the temporary file
+        if group is None:
+            for item in staged:
+                item.tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def _stage(path: Path, write: Callable[[BinaryIO], None], force: bool) -> _Staged:
+def _stage(path: Path, write: Callable[[BinaryIO], None], force: bool, staged: list[_Staged]) -> None:
+    """Write ``path``'s content into a temporary file beside it, appended to ``staged``.
+
+    The temporary file is created and recorded in ``staged`` with SIGINT / SIGTERM held back, so
+    that whoever cleans ``staged`` up after an interrupt knows every file there is to remove.
+    """
     suffix = split_suffix(path)[1]
-    tmp: Path | None = None
-    f: BinaryIO | None = None
+    with _signals_held():
+        # the temporary name is hidden (folder listings skip it) and short enough for any final name
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent)
+        item = _Staged(path, Path(tmp_name), force)
+        staged.append(item)
     try:
-        # an interrupt during the open() would be raised as mkstemp returns, before the file is
-        # known here: held back until it is (then raised inside this try, which removes it)
-        with _signals_held():
-            # the temporary name is hidden (folder listings skip it) and short enough for any final name
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent
-            )
-            tmp = Path(tmp_name)
-            f = os.fdopen(fd, "wb")
-        with f:
+        with os.fdopen(fd, "wb") as f:
             write(_Sink(f))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(item.tmp, 0o666 & ~_umask())
     except BaseException:
-        if f is not None:
-            f.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        item.tmp.unlink(missing_ok=True)
         raise
-    return _Staged(path, tmp, force)
 
 
 def _commit(staged: list[_Staged]) -> None:
@@ -525,42 +525,44 @@ def atomic_group() -> Iterator[None]:
     token = _GROUP.set(staged)
     try:
         yield
-    except BaseException:
+        _commit(staged)
+    except BaseException:  # also an interrupt between the block's end and the commit
         for item in staged:
             item.tmp.unlink(missing_ok=True)
         raise
     finally:
         _GROUP.reset(token)
-    _commit(staged)
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back: one that arrives in the block is delivered when it ends.
+    """Hold SIGINT and SIGTERM back until the block ends, then act on them as before.
 
-    The handlers are replaced for the block by one that only records the signal (a signal mask would
-    not do: the kernel then gives the signal to another thread of the process, torch's or Dask's,
-    and Python still runs the handler in the main thread at once). Outside the main thread, where
-    Python never runs a handler, there is nothing to hold."""
+    Python runs signal handlers in the main thread whichever thread the signal reached, so a signal
+    mask (``pthread_sigmask``) cannot hold them back in a process with other threads (torch's
+    intra-op threads): the handlers themselves are swapped for ones that only record the signal.
+    Outside the main thread (where handlers cannot be set) the block runs unprotected.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    arrived: list[int] = []
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    def record(number: int, frame: object) -> None:
+        received.append(number)
 
-    def record(signum: int, frame: object) -> None:
-        arrived.append(signum)
-
-    previous = {}
+    previous = {signum: signal.signal(signum, record) for signum in held}
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) is not None:  # None: a handler Python did not install
-                previous[signum] = signal.signal(signum, record)
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(arrived):
-            signal.raise_signal(signum)  # now handled as it would have been
+        for signum in dict.fromkeys(received):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)  # e.g. KeyboardInterrupt, or the runner's Terminated
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def _umask() -> int:
