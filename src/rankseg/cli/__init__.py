@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import __version__
 from ._common import UsageError, int64, non_negative_float, positive_int, probability
-from ._runner import signals_handled
+from ._runner import DASK_EXTRA_HINT, dask_address, runner_options_conflict, signals_handled
 from .calibrate import fraction, non_negative_int
 from .calibrate import run_command as _calibrate
 from .demo import run_command as _demo
@@ -135,14 +135,40 @@ def _add_model_options(parser: argparse.ArgumentParser, evaluate: bool) -> None:
     )
 
 
+class _RunnerOption(argparse.Action):
+    """Stores ``--workers`` / ``--dask``; whichever comes second checks that the two go together."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        setattr(namespace, self.dest, values)
+        conflict = runner_options_conflict(
+            getattr(namespace, "workers", None), getattr(namespace, "dask", None)
+        )
+        if conflict is not None:
+            raise argparse.ArgumentError(self, conflict)
+
+
 def _add_runner_options(parser: argparse.ArgumentParser) -> None:
-    """Where the per-file work runs (read by ``_runner.executor_from_args``)."""
-    parser.add_argument(
+    """Where the per-file work runs (read by ``_runner.executor_from_args`` alone)."""
+    group = parser.add_argument_group("where the files are worked on")
+    group.add_argument(
         "--workers",
         type=positive_int,
-        default=1,
+        action=_RunnerOption,
+        default=None,  # None: 1; and "not given", which --dask ADDRESS needs
         metavar="N",
-        help="work on N files at a time, in N processes (default: 1)",
+        help="work on N files at a time, in N processes (default: 1); with --dask local, the number "
+        "of Dask worker processes",
+    )
+    group.add_argument(
+        "--dask",
+        type=dask_address,
+        action=_RunnerOption,
+        default=None,
+        metavar="ADDRESS",
+        help="send the files to the workers of a Dask cluster: its scheduler's address "
+        "(tcp://host:8786) or scheduler file (.json), or 'local' for a local cluster of --workers "
+        "processes. The workers read and write the files themselves: they must see them at the same "
+        f"paths (a shared file system). Needs the 'dask' extra ({DASK_EXTRA_HINT})",
     )
 
 

@@ -9,7 +9,9 @@ Contract
 - ``work`` is a module-level function (so that it pickles by reference) taking one task and
   returning its result. A task is a plain picklable value that holds everything ``work`` needs
   (paths and options, no open files or models), so that it can run in another process or on
-  another machine that sees the same files. ``work`` reports a file's own problems inside its
+  another machine that sees the same files. Paths held as :class:`pathlib.Path` (in a dataclass's
+  fields, tuples, lists, dicts) are made absolute for a Dask worker that runs in another folder;
+  paths held as strings are passed on as they are. ``work`` reports a file's own problems inside its
   result; an exception that escapes it becomes a :class:`TaskFailed` naming the exception.
 - ``handle(index, outcome)`` runs in this process once per task, **in the order of** ``tasks``, as
   soon as every earlier task has finished: printed lines and tables never depend on which worker
@@ -18,7 +20,9 @@ Contract
 - A task whose worker process dies (killed, out of memory, crashed) comes back as a
   :class:`TaskFailed` that says so; tasks that had not started on it are run by a replacement
   worker, so no other task fails with it. When no worker can be started at all, the remaining
-  tasks run in this process, with a warning.
+  tasks run in this process, with a warning. On a Dask cluster the scheduler runs such a task again
+  on another worker, and it comes back as a :class:`TaskFailed` only when ``allowed_failures``
+  workers have died with it.
 - Interrupts: :func:`signals_handled` makes SIGTERM behave like SIGINT in the main process
   (:class:`Terminated`, a ``KeyboardInterrupt``), once: later signals are ignored while it is
   handled. The exception closes the executor (pending tasks are dropped, busy workers get SIGTERM,
@@ -34,30 +38,16 @@ Executors
 An executor has one method, ``map_unordered(work, tasks)``: a generator that yields ``(index,
 outcome)`` as tasks finish, and whose ``finally`` stops whatever still runs when it is closed
 early. :class:`InProcess` runs the tasks one after another in this process, :class:`ProcessPool`
-in worker processes (``--workers N``). A Dask backend is the same shape, e.g.::
-
-    class DaskExecutor:
-        def __init__(self, client):
-            self.client = client
-
-        def map_unordered(self, work, tasks):
-            futures = {self.client.submit(work, t, pure=False): i for i, t in enumerate(tasks)}
-            try:
-                for future in distributed.as_completed(futures):
-                    try:
-                        yield futures[future], future.result()
-                    except distributed.KilledWorker as exc:
-                        yield futures[future], TaskFailed(f"its Dask worker died ({exc})")
-            finally:
-                self.client.cancel(list(futures))
-
-and is chosen in :func:`executor_from_args` (from a ``--dask`` option added beside ``--workers``
-in ``cli/__init__.py``) without touching the subcommands.
+in worker processes (``--workers N``), and ``rankseg.cli._dask.DaskExecutor`` on a
+``dask.distributed`` cluster (``--dask ADDRESS``, or ``--dask local`` for a ``LocalCluster`` of
+``--workers`` processes; that module imports Dask, and is imported only for ``--dask``). Which one
+runs is decided in :func:`executor_from_args` alone, so the subcommands do not change with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -72,20 +62,26 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from ._common import UsageError
+
 __all__ = [
+    "DASK_EXTRA_HINT",
     "STOP_SECONDS",
     "Executor",
     "InProcess",
     "ProcessPool",
     "TaskFailed",
     "Terminated",
+    "dask_address",
     "executor_from_args",
     "make_executor",
     "run_tasks",
+    "runner_options_conflict",
     "signals_handled",
 ]
 
 STOP_SECONDS = 10.0  # how long stopped workers get to clean up before they are killed
+DASK_EXTRA_HINT = 'pip install "rankseg[dask]"'
 
 
 @dataclass(frozen=True)
@@ -316,23 +312,74 @@ def _set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _cpus_for(workers: int, warn: Callable[[str], None]) -> int:
+    """The CPUs this process may use; more workers than CPUs is allowed, with a warning."""
+    cpus = usable_cpus()
+    if workers > cpus:
+        warn(f"--workers {workers} is more than the {cpus} CPU(s) available; the workers compete for them")
+    return cpus
+
+
 def make_executor(workers: int, tasks: int, warn: Callable[[str], None]) -> Executor:
     """The executor for ``--workers N`` and this many tasks: in-process for one worker or one task,
     else at most one process per task, each with its share of the CPUs' threads. More workers than
     CPUs is allowed, with a warning."""
-    cpus = usable_cpus()
-    if workers > cpus:
-        warn(f"--workers {workers} is more than the {cpus} CPU(s) available; the workers compete for them")
+    cpus = _cpus_for(workers, warn)
     workers = min(workers, tasks)
     if workers <= 1:
         return InProcess()
     return ProcessPool(workers, _set_torch_threads, (max(1, cpus // workers),), warn)
 
 
+def dask_address(text: str) -> str:
+    """The value of ``--dask``: ``local``, a scheduler address or a scheduler file; checks that the
+    ``dask`` extra is installed (argparse reports an ArgumentTypeError as a usage error)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected 'local', a scheduler address such as tcp://host:8786, or a scheduler file; "
+            f"got {text!r}"
+        )
+    try:
+        importlib.import_module(f"{__package__}._dask")
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(
+            f"needs the 'dask' extra (dask.distributed: {exc}): {DASK_EXTRA_HINT}"
+        ) from None
+    return text
+
+
+def runner_options_conflict(workers: int | None, dask: str | None) -> str | None:
+    """Why ``--workers`` and ``--dask`` cannot go together here, or None when they can: ``--workers``
+    sizes this machine's processes (alone, or with ``--dask local``); with ``--dask ADDRESS`` the
+    cluster's own workers run the files, and ``--workers`` would have no effect."""
+    if workers is None or dask is None or dask == "local":
+        return None
+    return (
+        f"--workers applies to this machine (alone, or with --dask local), not to the cluster at --dask "
+        f"{dask}: size that cluster instead (e.g. 'dask worker --nworkers N')"
+    )
+
+
 def executor_from_args(args: argparse.Namespace, tasks: int, warn: Callable[[str], None]) -> Executor:
-    """The executor the command line's runner options ask for (``--workers``); the one place a
-    new backend option (``--dask ADDRESS``) is read, so that the subcommands need no change."""
-    return make_executor(args.workers, tasks, warn)
+    """The executor the command line's runner options ask for: ``--workers N`` (default 1) alone, or
+    with ``--dask``. The one place these options are read, so that the subcommands need no change.
+
+    ``--dask local`` starts at most one worker process per task, and shares the CPUs' threads among
+    them as ``--workers`` does; ``--dask ADDRESS`` leaves threads to the cluster's workers."""
+    dask = getattr(args, "dask", None)
+    conflict = runner_options_conflict(args.workers, dask)
+    if conflict is not None:  # the parser reports it first; this for a namespace built otherwise
+        raise UsageError(conflict)
+    if dask is None:
+        return make_executor(args.workers or 1, tasks, warn)
+    from . import _dask
+
+    if dask != _dask.LOCAL:
+        return _dask.DaskExecutor(dask)
+    workers = args.workers or 1
+    cpus = _cpus_for(workers, warn)
+    workers = max(1, min(workers, tasks))
+    return _dask.DaskExecutor(_dask.LOCAL, workers, threads=max(1, cpus // workers))
 
 
 class _Progress(Protocol):
