@@ -136,7 +136,9 @@ def _owner_pass(probs: Tensor, thresholds: Tensor, tile: int) -> tuple[Tensor, T
         (b0, min(b, b0 + imgs), n0, min(n, n0 + cols)) for b0 in range(0, b, imgs) for n0 in range(0, n, cols)
     ]
 
-    def work(i: int) -> tuple[Tensor, Tensor]:
+    partial = torch.zeros(2, len(grid), imgs, c, dtype=torch.float64, device=probs.device)  # mass, count
+
+    def work(i: int) -> None:
         b0, b1, n0, n1 = grid[i]
         p = probs[b0:b1, :, n0:n1]
         claimed = p.to(wdt, copy=True).sub_(thr[b0:b1]).clamp_(min=0).sign_()  # 1.0 where p > thr
@@ -145,15 +147,15 @@ def _owner_pass(probs: Tensor, thresholds: Tensor, tile: int) -> tuple[Tensor, T
         code = torch.where(owners == 0, _NO_MASK, _SEVERAL_MASKS)
         labels[b0:b1, n0:n1] = torch.where(single, torch.matmul(class_ids, claimed).to(torch.int64), code)
         single = single.to(wdt)[:, :, None]
-        count = torch.matmul(claimed, single)[..., 0].to(torch.float64)
-        mass = torch.matmul(claimed.mul_(p), single)[..., 0].to(torch.float64)
-        return mass, count
+        partial[1, i, : b1 - b0] = torch.matmul(claimed, single)[..., 0]
+        partial[0, i, : b1 - b0] = torch.matmul(claimed.mul_(p), single)[..., 0]
 
+    map_tiles(work, len(grid), probs.device)
     single_sum = torch.zeros((b, c), dtype=torch.float64, device=probs.device)
     single_count = torch.zeros((b, c), dtype=torch.float64, device=probs.device)
-    for (b0, b1, _, _), (mass, count) in zip(grid, map_tiles(work, len(grid), probs.device), strict=True):
-        single_sum[b0:b1] += mass
-        single_count[b0:b1] += count
+    for i, (b0, b1, _, _) in enumerate(grid):  # in tile order: deterministic sums
+        single_sum[b0:b1] += partial[0, i, : b1 - b0]
+        single_count[b0:b1] += partial[1, i, : b1 - b0]
     return labels, single_sum, single_count
 
 

@@ -44,8 +44,9 @@ T = TypeVar("T")
 _MIN_TILE = 1 << 16
 _MAX_TILE = 1 << 24
 _CPU_TILE = 1 << 18
-_FIXED_WORK = 16 << 20  # bytes of working memory allowed to any call, however small
+_FIXED_WORK = 8 << 20  # bytes of working memory allowed to any call, however small
 _SUM_BLOCK = 1024
+_SUM_PIECE = 1 << 18  # elements read at once by row_sums (a multiple of _SUM_BLOCK)
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,13 +63,13 @@ class Tiles:
     elements) of passes that make several ops per tile; on the CPU it is capped near the L2 cache
     size, where serial ops run fastest (:func:`map_tiles`). Both are at least 64 Ki elements.
     ``budget``: the bytes of working memory a solver may hold beyond the input and the output:
-    90% of the input's size, and at least a fixed 16 MiB so that small inputs are not cut into
+    90% of the input's size, and at least a fixed 8 MiB so that small inputs are not cut into
     needlessly small steps.
     """
 
     cache: int
     memory: int
-    budget: int = 16 << 20
+    budget: int = 8 << 20
 
 
 def plan_tiles(numel: int, itemsize: int, device: torch.device, reserved: int = 0) -> Tiles:
@@ -112,8 +113,32 @@ def row_sums(x: Tensor) -> Tensor:
     """Float64 sums over the last dim of a 2-D tensor, accumulated in float32 blocks of 1024.
 
     Float32 partial sums over short blocks followed by float64 totals keep the relative error near
-    1e-9 for rows of millions of values, at the speed of a float32 reduction.
+    1e-9 for rows of millions of values, at the speed of a float32 reduction. The input is read
+    in pieces of at most 256 Ki elements (spread over the CPU workers): a reduction to another
+    dtype converts its whole input first, which would otherwise copy the input once more.
     """
+    rows, cols = x.shape
+    width = cols if cols <= _SUM_PIECE else _SUM_PIECE
+    height = max(1, _SUM_PIECE // max(width, 1))
+    if rows <= height and cols <= width:
+        return _piece_sums(x)
+    pieces = [(r0, c0) for r0 in range(0, rows, height) for c0 in range(0, cols, width)]
+    partial = torch.zeros(len(pieces), height, dtype=torch.float64, device=x.device)
+
+    def work(i: int) -> None:
+        r0, c0 = pieces[i]
+        part = x[r0 : r0 + height, c0 : c0 + width]
+        partial[i, : part.shape[0]] = _piece_sums(part)
+
+    map_tiles(work, len(pieces), x.device)
+    total = torch.zeros(rows, dtype=torch.float64, device=x.device)
+    for i, (r0, _) in enumerate(pieces):  # in piece order: deterministic sums
+        total[r0 : r0 + height] += partial[i, : min(height, rows - r0)]
+    return total
+
+
+def _piece_sums(x: Tensor) -> Tensor:
+    """:func:`row_sums` of one piece."""
     if x.dtype == torch.float64 or x.shape[-1] < 2 * _SUM_BLOCK:
         return x.sum(-1, dtype=torch.float64)
     rows, cols = x.shape
@@ -157,6 +182,7 @@ class _SerialWorkers:
         started.wait()
 
     def _serve(self, started: threading.Barrier) -> None:
+        _IN_WORKER.active = True  # a pass started from a worker runs inline (no waiting on itself)
         torch.get_num_threads()  # initialise this thread's OpenMP settings before overriding them
         torch.set_num_threads(1)
         self.serial.append(torch.get_num_threads() == 1)
@@ -165,6 +191,11 @@ class _SerialWorkers:
             self.tasks.get()()
 
 
+class _WorkerFlag(threading.local):
+    active = False
+
+
+_IN_WORKER = _WorkerFlag()
 _POOL: _SerialWorkers | None = None
 _POOL_LOCK = threading.Lock()
 _POOL_MIN_TILES = 4  # fewer tiles than this run in the calling thread
@@ -191,10 +222,15 @@ def map_tiles(work: Callable[[int], T], count: int, device: torch.device) -> lis
     has no barrier per tile and a descheduled thread delays only its own tile. Results come back
     in index order whatever the schedule, so reductions over them are deterministic. On other
     devices, with one thread or with few tiles, the loop runs in the calling thread.
+
+    Work functions write their results into tensors allocated before the pass rather than
+    return new small tensors: small allocations that outlive their tile fragment the C heap
+    between the tiles' larger temporaries (measured: a pass over a 64 MB row that kept one
+    3-value tensor per tile held 125 MB of freed memory resident).
     """
     threads = min(torch.get_num_threads(), count)
     pool = None
-    if device.type == "cpu" and threads > 1 and count >= _POOL_MIN_TILES:
+    if device.type == "cpu" and threads > 1 and count >= _POOL_MIN_TILES and not _IN_WORKER.active:
         pool = _workers(threads)
     if pool is None:
         return [work(i) for i in range(count)]
@@ -261,20 +297,24 @@ def threshold_stats(
     counts = torch.zeros(k, dtype=torch.float64, device=probs.device)
     tiles = tile_grid(k, probs.shape[1], tile)
 
-    def work(i: int) -> tuple[Tensor, Tensor]:
+    height = max((r1 - r0 for r0, r1, _, _ in tiles), default=0)
+    partial = torch.zeros(2, len(tiles), height, dtype=torch.float64, device=probs.device)
+
+    def work(i: int) -> None:
         r0, r1, c0, c1 = tiles[i]
         if rows is None:
             y = torch.sub(probs[r0:r1, c0:c1], t_work[r0:r1, None])
         else:
             y = probs[:, c0:c1].index_select(0, rows[r0:r1]).to(wdt).sub_(t_work[r0:r1, None])
         y.clamp_(min=0)
-        excess = row_sums(y)
-        return excess + t_exact[r0:r1] * (cnt := row_sums(y.sign_())), cnt
+        partial[0, i, : r1 - r0] = row_sums(y)
+        partial[1, i, : r1 - r0] = row_sums(y.sign_())
 
-    for (r0, r1, _, _), (above, cnt) in zip(tiles, map_tiles(work, len(tiles), probs.device), strict=True):
-        sums[r0:r1] += above
-        counts[r0:r1] += cnt
-    return sums, counts
+    map_tiles(work, len(tiles), probs.device)
+    for i, (r0, r1, _, _) in enumerate(tiles):  # in tile order: deterministic sums
+        sums[r0:r1] += partial[0, i, : r1 - r0]
+        counts[r0:r1] += partial[1, i, : r1 - r0]
+    return sums + t_exact * counts, counts
 
 
 def row_pass(
@@ -301,28 +341,33 @@ def row_pass(
     wdt = work_dtype(row.dtype)
     shift = torch.full((1,), threshold, dtype=wdt)  # a 1-d tensor: promotes float16 tiles to float32
     starts = range(0, n_all, tile)
+    blocks_total = -(-n_all // _SUM_BLOCK)
+    sums = torch.empty(2, blocks_total, dtype=wdt)  # per block: excess above t, count above t
+    minima = torch.empty(blocks_total, dtype=wdt) if block_minima else None
 
-    def work(i: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    def work(i: int) -> None:
         y = torch.sub(row[starts[i] : starts[i] + tile], shift)
         full = y.numel() - y.numel() % _SUM_BLOCK
-        blocks, tail = y[:full].view(-1, _SUM_BLOCK), y[full:]
-        parts = [blocks] + ([tail[None]] if tail.numel() else [])
-        minima = None
-        if block_minima:
+        b0 = starts[i] // _SUM_BLOCK
+        parts = [(y[:full].view(-1, _SUM_BLOCK), b0, b0 + full // _SUM_BLOCK)]
+        if full < y.numel():
+            parts.append((y[full:][None], b0 + full // _SUM_BLOCK, b0 + full // _SUM_BLOCK + 1))
+        if minima is not None:
             F.threshold(y, 0.0, 2.0, inplace=True)  # 0 < y <= 1 above t, 2 elsewhere
-            minima = torch.cat([part.amin(dim=1) for part in parts])
+            for part, lo, hi in parts:
+                torch.amin(part, dim=1, out=minima[lo:hi])
             y.fmod_(2.0)  # now max(p - t, 0)
         else:
             y.clamp_(min=0)
-        values = torch.cat([part.sum(dim=1, dtype=wdt) for part in parts])
+        for part, lo, hi in parts:
+            torch.sum(part, dim=1, dtype=wdt, out=sums[0, lo:hi])
         y.sign_()
-        indicators = torch.cat([part.sum(dim=1, dtype=wdt) for part in parts])
-        return values, indicators, minima
+        for part, lo, hi in parts:
+            torch.sum(part, dim=1, dtype=wdt, out=sums[1, lo:hi])
 
-    values, indicators, minima = zip(*map_tiles(work, len(starts), row.device), strict=True)
-    count = float(torch.cat(indicators).sum(dtype=torch.float64))
-    excess = float(torch.cat(values).sum(dtype=torch.float64))
-    return excess + threshold * count, count, torch.cat(minima) if block_minima else None
+    map_tiles(work, len(starts), row.device)
+    excess, count = sums.sum(dim=1, dtype=torch.float64).tolist()
+    return excess + threshold * count, count, minima
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +380,8 @@ _KEY_TYPES = {
     torch.float32: (torch.int32, 0x7FFF_FFFF),
     torch.float64: (torch.int64, 0x7FFF_FFFF_FFFF_FFFF),
 }
-_HISTOGRAM_BITS = 16  # at most 2^16 bins per histogram pass
+_HISTOGRAM_BITS = 15  # at most 2^15 bins per histogram pass (float16, bfloat16: exact)
+_HISTOGRAM_ITEMS = 16  # partial histograms held by one pass
 
 
 def _keys(x: Tensor) -> Tensor:
@@ -365,35 +411,52 @@ def _key_histogram(
     row: Tensor, first: int, last: int, shift: int, tile: int, with_mass: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """Counts (int64) of the pixels whose key lies in ``[first, last]``, in bins
-    ``(key - first) >> shift``; with ``with_mass``, also the float64 sum of their values."""
+    ``(key - first) >> shift``; with ``with_mass``, also the float64 sum of their values.
+
+    Each work item adds up the histograms of up to 1/16 of the row's tiles, so at most 16
+    partial histograms (a few MB) are held, whatever the row's length.
+    """
     bins = ((last - first) >> shift) + 1
     starts = range(0, row.numel(), tile)
+    group = -(-len(starts) // _HISTOGRAM_ITEMS)
+    items = -(-len(starts) // group)
+    counts = torch.zeros(items, bins + 1, dtype=torch.int64, device=row.device)
+    mass = torch.zeros(items, bins + 1, dtype=torch.float64, device=row.device) if with_mass else None
 
-    def work(i: int) -> tuple[Tensor, Tensor | None]:
-        part = row[starts[i] : starts[i] + tile]
-        keys = _keys(part)
-        outside = (keys < first) | (keys > last)
-        index = keys.sub_(first).bitwise_right_shift_(shift).masked_fill_(outside, bins)
-        counts = torch.bincount(index, minlength=bins + 1)[:bins]
-        if not with_mass:
-            return counts, None
-        return counts, torch.bincount(index, weights=part.to(torch.float64), minlength=bins + 1)[:bins]
+    def work(item: int) -> None:
+        for start in starts[item * group : (item + 1) * group]:
+            part = row[start : start + tile]
+            keys = _keys(part)
+            outside = (keys < first) | (keys > last)
+            index = keys.sub_(first).bitwise_right_shift_(shift).masked_fill_(outside, bins)
+            counts[item] += torch.bincount(index, minlength=bins + 1)
+            if mass is not None:
+                mass[item] += torch.bincount(index, weights=part.to(torch.float64), minlength=bins + 1)
 
-    counts, masses = zip(*map_tiles(work, len(starts), row.device), strict=True)
-    return torch.stack(counts).sum(0), torch.stack(masses).sum(0) if with_mass else None
+    map_tiles(work, items, row.device)
+    return counts.sum(0)[:bins], mass.sum(0)[:bins] if mass is not None else None
 
 
-def _gather_runs(row: Tensor, first: int, last: int, tile: int) -> tuple[Tensor, Tensor]:
-    """Distinct values with keys in ``[first, last]`` (float64, decreasing) and their counts."""
+def _gather_runs(row: Tensor, first: int, last: int, total: int, tile: int) -> tuple[Tensor, Tensor]:
+    """Distinct values with keys in ``[first, last]`` (float64, decreasing) and their counts;
+    ``total`` is the number of such pixels (from a histogram)."""
     starts = range(0, row.numel(), tile)
+    gathered = torch.empty(total, dtype=row.dtype, device=row.device)
+    filled = [0]
+    lock = threading.Lock()
 
-    def work(i: int) -> Tensor:
+    def work(i: int) -> None:
         part = row[starts[i] : starts[i] + tile]
         keys = _keys(part)
-        return part.masked_select((keys >= first) & (keys <= last))
+        inside = (keys >= first) & (keys <= last)
+        size = int(inside.sum())
+        with lock:  # a slot for this tile (order does not matter: the values are sorted next)
+            offset = filled[0]
+            filled[0] += size
+        torch.masked_select(part, inside, out=gathered[offset : offset + size])
 
-    values = sorted_descending(torch.cat(map_tiles(work, len(starts), row.device)))
-    return torch.unique_consecutive(values, return_counts=True)
+    map_tiles(work, len(starts), row.device)
+    return torch.unique_consecutive(sorted_descending(gathered), return_counts=True)
 
 
 def descending_runs(
@@ -463,7 +526,7 @@ def _runs_between(
         top = min(last, first + ((bins[i] + 1) << shift) - 1)
         bottom = first + (bins[j] << shift)
         if total <= capacity:
-            yield _gather_runs(row, bottom, top, tile)
+            yield _gather_runs(row, bottom, top, total, tile)
         else:  # one bin holds more than a slice: split it with a finer histogram
             yield from _runs_between(row, bottom, top, capacity, tile)
         i = j + 1

@@ -46,7 +46,7 @@ __all__ = ["approx_thresholds"]
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 _BA_SIGMA = 5.0  # BA+TRNA: BA where sigma > 5 (Cohen's d < 0.2)
-_CHUNK_ELEMENTS = 1 << 19  # float64 entries of the largest scoring buffer (rows x taus x terms)
+_CHUNK_ELEMENTS = 1 << 20  # float64 temporaries of one scoring chunk (8 MB)
 _TRNA_NODES = 16  # Chebyshev points of the pixel probability (interpolated TRNA)
 _TRNA_DIRECT_WIDTH = 64  # supports up to this width are summed term by term
 _SERIES_TERMS = 58  # moments kept for the series of E[1 / (tau + L + c)] (rho <= 1/2 needs 56)
@@ -146,7 +146,7 @@ class _Expectation:
         self.centre = (lq + uq) / 2
         self.radius = ((uq - lq) / 2).clamp_min(0.5)
         self.moments = torch.zeros(rows, nodes, _SERIES_TERMS, dtype=torch.float64, device=device)
-        step = max(1, _CHUNK_ELEMENTS // max(rows * _SERIES_TERMS, 1))
+        step = max(1, _CHUNK_ELEMENTS // max(4 * rows * _SERIES_TERMS, 1))
         for w0 in range(0, width, step):  # powers u^k chunk by chunk: bounded memory for wide supports
             offsets = torch.arange(w0, min(width, w0 + step), dtype=torch.float64, device=device)
             u = (lq[:, None] + offsets - self.centre[:, None]) / self.radius[:, None]
@@ -275,8 +275,10 @@ class _Scores:
             ``(R, T)`` float64: ``pi(tau)`` with ``tau`` the count of pixels up to each entry.
         """
         rows, total = values.shape
-        per_tau = {"BA": _SERIES_TERMS, "interpolated": 3 * _TRNA_NODES + _SERIES_TERMS}.get(
-            self.method, 3 * self.width
+        # float64 temporaries per tau: the series (BA), the basis and coefficients (interpolated),
+        # two refined-normal CDFs over the support (direct)
+        per_tau = {"BA": 16, "interpolated": 8 * _TRNA_NODES + 2 * _SERIES_TERMS}.get(
+            self.method, 24 * self.width
         )
         step = max(1, _CHUNK_ELEMENTS // max(rows * per_tau, 1))
         out = torch.empty_like(values)
@@ -294,7 +296,7 @@ class _Scores:
                 basis = terms / terms.sum(dim=-1, keepdim=True)
                 prefix = self.carry[:, None, :] + (mass[..., None] * basis).cumsum(1)  # B_m(tau)
                 score = 2 * self.first(tau, prefix)
-                self.carry = prefix[:, -1]
+                self.carry = prefix[:, -1].clone()
             else:
                 q = p * (1 - p)
                 pmf = _pmf(
@@ -307,10 +309,10 @@ class _Scores:
                 )  # (R, t, W): the pmf of Gamma without one pixel of each entry's value
                 w = self.carry[:, None, :] + (mass[..., None] * pmf).cumsum(1)
                 score = 2 * (w / (tau[..., None] + self.support[:, None, :] + (self.gamma + 1))).sum(-1)
-                self.carry = w[:, -1]
+                self.carry = w[:, -1].clone()
             if self.rest is not None:
                 score += self.gamma * self.rest(tau)
-            self.tau = tau[:, -1]
+            self.tau = tau[:, -1].clone()
             self.s = self.s + mass.sum(1)
             out[:, t0 : t0 + step] = score
         return out
@@ -388,14 +390,17 @@ def _sorted_rows(
 
 def _row_moments(row: Tensor, tile: int) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_moments` of one long row in one streaming pass, ``(1,)`` float64 each."""
+    tile = max(1, tile // 4)  # five float64 temporaries per element
     starts = range(0, row.numel(), tile)
+    partial = torch.empty(len(starts), 3, dtype=torch.float64, device=row.device)
 
-    def work(i: int) -> Tensor:
+    def work(i: int) -> None:
         p = row[starts[i] : starts[i] + tile].to(torch.float64)
         q = p * (1 - p)
-        return torch.stack([p.sum(), q.sum(), (q * (1 - 2 * p)).sum()])
+        partial[i, 0], partial[i, 1], partial[i, 2] = p.sum(), q.sum(), (q * (1 - 2 * p)).sum()
 
-    totals = torch.stack(map_tiles(work, len(starts), row.device)).sum(0)
+    map_tiles(work, len(starts), row.device)
+    totals = partial.sum(0)
     return totals[:1], totals[1:2], totals[2:]
 
 
@@ -420,7 +425,10 @@ def _streamed_row(row: Tensor, solver: str, gamma: float, eps: float, tiles: Til
     def beyond_d0(count: Tensor, mass: Tensor, next_value: Tensor) -> Tensor:
         return mass >= (count + gamma + d) * next_value  # the search bound holds there: d0 <= count
 
-    runs = descending_runs(row, -1.0, 1.0, tiles.budget // _PIXEL_BYTES, tiles.cache, until=beyond_d0)
+    # Slices take 2/3 of the budget (~64 bytes per pixel); scoring chunks and histograms the rest.
+    runs = descending_runs(
+        row, -1.0, 1.0, tiles.budget // (_PIXEL_BYTES * 3 // 2), tiles.cache, until=beyond_d0
+    )
     for values, counts in runs:
         if threshold is None:
             threshold = float(values[0])  # tau = 0: nothing above the largest value

@@ -35,6 +35,8 @@ left out, so the mask is the *smallest* optimal one and does not depend on pixel
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -254,21 +256,32 @@ def _exact_below(value: float, dtype: torch.dtype) -> float:
     return float(rounded)
 
 
-def _band(probs: Tensor, rows: Tensor, lo: Tensor, hi: Tensor, tile: int) -> tuple[Tensor, Tensor]:
+def _band(
+    probs: Tensor, rows: Tensor, lo: Tensor, hi: Tensor, total: int, tile: int
+) -> tuple[Tensor, Tensor]:
     """Values ``p`` with ``lo < p <= hi`` of each of ``rows``, as flat (values float64, position
-    in ``rows``), gathered tile by tile."""
+    in ``rows``), gathered tile by tile into buffers of the known ``total`` size (in no
+    particular order: the caller sorts them)."""
     lo_w, hi_w = round_down(lo, probs.dtype), round_down(hi, probs.dtype)
     grid = tile_grid(rows.numel(), probs.shape[1], tile)
+    values = torch.empty(total, dtype=torch.float64, device=probs.device)
+    owners = torch.empty(total, dtype=torch.int64, device=probs.device)
+    filled = [0]
+    lock = threading.Lock()
 
-    def work(i: int) -> tuple[Tensor, Tensor]:
+    def work(i: int) -> None:
         r0, r1, c0, c1 = grid[i]
         block = probs[:, c0:c1].index_select(0, rows[r0:r1])
         inside = (block > lo_w[r0:r1, None]) & (block <= hi_w[r0:r1, None])
         r_idx, c_idx = inside.nonzero(as_tuple=True)
-        return block[r_idx, c_idx].to(torch.float64), r_idx + r0
+        with lock:
+            offset = filled[0]
+            filled[0] += r_idx.numel()
+        values[offset : offset + r_idx.numel()] = block[r_idx, c_idx]
+        owners[offset : offset + r_idx.numel()] = r_idx + r0
 
-    values, owners = zip(*map_tiles(work, len(grid), probs.device), strict=True)
-    return torch.cat(values), torch.cat(owners)
+    map_tiles(work, len(grid), probs.device)
+    return values, owners
 
 
 def _smooth_dice(s: Tensor, tau: Tensor, mu: Tensor, gamma: float) -> Tensor:
@@ -312,18 +325,18 @@ def _dice_smooth_thresholds(
     capacity = max(1, tiles.budget // 2 // _RUN_BYTES)
     group: list[int] = []
     filled = 0
-    for i, size in enumerate((over_lo - above_cnt).tolist()):
+    for i, size in enumerate(int(x) for x in (over_lo - above_cnt).tolist()):
         if size > capacity:
             bands.stream(i, capacity)
             continue
         if size > 0 and filled + size > capacity:
-            bands.sort(group)
+            bands.sort(group, filled)
             group, filled = [], 0
         if size > 0:
             group.append(i)
             filled += size
     if group:
-        bands.sort(group)
+        bands.sort(group, filled)
     return bands.thresholds, bands.volumes
 
 
@@ -348,12 +361,13 @@ class _Bands:
         self.above_sum, self.above_cnt = above_sum, above_cnt
         self.thresholds, self.volumes = t_hi.clone(), above_cnt.clone()
 
-    def sort(self, group: list[int]) -> None:
-        """Gather and sort the bands of the rows ``group`` together (flat, one segment per row)."""
+    def sort(self, group: list[int], total: int) -> None:
+        """Gather and sort the bands (``total`` pixels) of the rows ``group`` together (flat, one
+        segment per row)."""
         index = torch.tensor(group, device=self.mu.device)
         t_lo, mu = self.t_lo[index], self.mu[index]
         above_sum, above_cnt = self.above_sum[index], self.above_cnt[index]
-        values, owner = _band(self.probs, self.row_ids[index], t_lo, self.t_hi[index], self.tile)
+        values, owner = _band(self.probs, self.row_ids[index], t_lo, self.t_hi[index], total, self.tile)
         m, k = values.numel(), index.numel()
         if m == 0:
             return
