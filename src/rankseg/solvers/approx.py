@@ -40,7 +40,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._passes import Tiles, descending_runs, map_tiles, sorted_descending
+from .._passes import Tiles, cpu_workers, descending_runs, map_tiles, sorted_descending
 
 __all__ = ["approx_thresholds"]
 
@@ -481,21 +481,32 @@ def approx_thresholds(
 
     Short rows whose sorted copies and scores (~64 bytes per pixel) fit the budget are sorted and
     scored several at once; long rows are streamed (:func:`_streamed_row`), which sorts only the
-    pixels above the search bound ``d0``. Either way the extra memory stays within
-    ``tiles.budget`` plus a few work tiles, whatever the shape.
+    pixels above the search bound ``d0``. Rows (or groups of rows) are spread over the CPU
+    workers, each with its share of the budget, so the extra memory stays within
+    ``tiles.budget`` plus a few work tiles per worker, whatever the shape.
     """
     n = probs.shape[1]
     k = mu.numel()
     thresholds = torch.empty(k, dtype=torch.float64, device=probs.device)
     volumes = torch.empty_like(thresholds)
-    if n * _PIXEL_BYTES > tiles.budget or n >= _STREAM_LENGTH:
-        for i in range(k):
-            row = probs[i if rows is None else int(rows[i])]
-            thresholds[i], volumes[i] = _streamed_row(row, solver, smooth, eps, tiles)
-        return thresholds, volumes
-    step = max(1, tiles.budget // (n * _PIXEL_BYTES))
-    for r0 in range(0, k, step):
-        r1 = min(k, r0 + step)
-        block = probs[r0:r1] if rows is None else probs.index_select(0, rows[r0:r1])
-        _sorted_rows(block, solver, smooth, eps, thresholds[r0:r1], volumes[r0:r1])
+    with cpu_workers(probs.device) as threads:
+        parallel = max(1, min(threads, k))  # rows (or groups of rows) solved at once, by the workers
+        share = Tiles(cache=tiles.cache, memory=tiles.memory, budget=max(1, tiles.budget // parallel))
+        if n * _PIXEL_BYTES > share.budget or n >= _STREAM_LENGTH:
+
+            def streamed(i: int) -> None:
+                row = probs[i if rows is None else int(rows[i])]
+                thresholds[i], volumes[i] = _streamed_row(row, solver, smooth, eps, share)
+
+            map_tiles(streamed, k, probs.device, min_count=2)
+            return thresholds, volumes
+        step = max(1, min(share.budget // (n * _PIXEL_BYTES), -(-k // parallel)))
+        starts = range(0, k, step)
+
+        def sorted_group(i: int) -> None:
+            r0, r1 = starts[i], min(k, starts[i] + step)
+            block = probs[r0:r1] if rows is None else probs.index_select(0, rows[r0:r1])
+            _sorted_rows(block, solver, smooth, eps, thresholds[r0:r1], volumes[r0:r1])
+
+        map_tiles(sorted_group, len(starts), probs.device, min_count=2)
     return thresholds, volumes

@@ -41,7 +41,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._passes import Tiles, descending_runs, map_tiles, round_down, row_pass, threshold_stats, tile_grid
+from .._passes import (
+    Tiles,
+    cpu_workers,
+    descending_runs,
+    map_tiles,
+    round_down,
+    row_pass,
+    threshold_stats,
+    tile_grid,
+)
 
 __all__ = ["rma_thresholds"]
 
@@ -437,8 +446,9 @@ def rma_thresholds(
     Returns:
         ``(thresholds, volumes)``, float64 ``(K,)`` each.
     """
-    if metric == "iou":
-        return _fixed_point(probs, rows, torch.full_like(mu, smooth), mu + 2 * smooth, tiles)[1:]
-    if smooth == 0:
-        return _fixed_point(probs, rows, torch.zeros_like(mu), mu + 1.0, tiles)[1:]
-    return _dice_smooth_thresholds(probs, rows, mu, smooth, tiles)
+    with cpu_workers(probs.device):  # the passes on the CPU workers, nothing parallel in the caller
+        if metric == "iou":
+            return _fixed_point(probs, rows, torch.full_like(mu, smooth), mu + 2 * smooth, tiles)[1:]
+        if smooth == 0:
+            return _fixed_point(probs, rows, torch.zeros_like(mu), mu + 1.0, tiles)[1:]
+        return _dice_smooth_thresholds(probs, rows, mu, smooth, tiles)
