@@ -303,10 +303,11 @@ def run_table(args, shapes) -> None:
     contended = args.contended
     base = "x baseline" if args.suite == "rma" else "x RMA Dice"
     timing = f"free ms | {base} | busy ms | {base} | busy / free" if contended else f"median ms | {base}"
+    memory = "extra peak MB | x input | working x input"
     if args.suite == "rma":
-        header = f"| shape | input MB | method | {timing} | extra peak MB | x input | working x input |"
+        header = f"| shape | input MB | method | {timing} | {memory} |"
     else:
-        header = f"| shape | method | {timing} | extra peak MB | x input | working x input | mean expected | gap to exact |"
+        header = f"| shape | method | {timing} | {memory} | mean expected | gap to exact |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     spinner = Spinner() if contended else None
@@ -355,10 +356,10 @@ def run_large(args) -> None:
     """Whole volumes: every method once per fresh subprocess, against the baseline timed there."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    print(
-        "| shape | dtype | output | method | seconds | x baseline | extra peak MB | x input | working x input |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    memory = "extra peak MB | x input | working x input"
+    header = f"| shape | dtype | output | method | seconds | x baseline | {memory} |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
     skip = set(args.skip or [])
     for shape, dtype in LARGE_INPUTS:
         label = "x".join(map(str, shape))

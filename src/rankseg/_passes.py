@@ -447,7 +447,7 @@ _KEY_TYPES = {
     torch.float64: (torch.int64, 0x7FFF_FFFF_FFFF_FFFF),
 }
 _HISTOGRAM_BITS = 15  # at most 2^15 bins per histogram pass (float16, bfloat16: exact)
-_HISTOGRAM_ITEMS = 16  # partial histograms held by one pass
+_HISTOGRAM_ITEMS = 8  # partial histograms held by one pass
 
 
 def _keys(x: Tensor) -> Tensor:
@@ -479,8 +479,8 @@ def _key_histogram(
     """Counts (int64) of the pixels whose key lies in ``[first, last]``, in bins
     ``(key - first) >> shift``; with ``with_mass``, also the float64 sum of their values.
 
-    Each work item adds up the histograms of up to 1/16 of the row's tiles, so at most 16
-    partial histograms (a few MB) are held, whatever the row's length.
+    Each work item adds up the histograms of up to 1/8 of the row's tiles, so at most 8 partial
+    histograms (a few MB) are held, whatever the row's length.
     """
     bins = ((last - first) >> shift) + 1
     starts = range(0, row.numel(), tile)

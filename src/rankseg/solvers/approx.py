@@ -425,33 +425,45 @@ def _streamed_row(row: Tensor, solver: str, gamma: float, eps: float, tiles: Til
     def beyond_d0(count: Tensor, mass: Tensor, next_value: Tensor) -> Tensor:
         return mass >= (count + gamma + d) * next_value  # the search bound holds there: d0 <= count
 
-    # Slices take 2/3 of the budget (~64 bytes per pixel); scoring chunks and histograms the rest.
-    runs = descending_runs(
-        row, -1.0, 1.0, tiles.budget // (_PIXEL_BYTES * 3 // 2), tiles.cache, until=beyond_d0
-    )
+    runs = descending_runs(row, -1.0, 1.0, tiles.budget // _PIXEL_BYTES, tiles.cache, until=beyond_d0)
     for values, counts in runs:
         if threshold is None:
             threshold = float(values[0])  # tau = 0: nothing above the largest value
         counts = counts.to(torch.float64)
-        mass = values * counts
-        tau_before = counts.cumsum(0).sub_(counts).add_(tau)
-        s_before = mass.cumsum(0).sub_(mass).add_(s)
-        stop = torch.where(
-            tau_before >= 1,
-            s_before >= (tau_before + gamma + d) * values,
-            (counts >= 2) & (values == 0),  # the first run: tau = 1 inside it
-        )
-        end = int(stop.to(torch.int64).argmax()) if bool(stop.any()) else values.numel()
+        end = _first_stop(values, counts, tau, s, gamma, d)
         if end > 0:
             scores = scorer.cuts(values[None, :end], counts[None, :end])[0]
             j = int(scores.argmax())
             if float(scores[j]) > best:  # ties keep the first: the smallest volume
                 best, threshold = float(scores[j]), _value_below(values[j], row.dtype)
-                volume = float(tau_before[j] + counts[j])
+                volume = tau + float(counts[: j + 1].sum())
+            del scores
         if end < values.numel():
             break
-        tau, s = tau + float(counts.sum()), s + float(mass.sum())
+        tau, s = tau + float(counts.sum()), s + float((values * counts).sum())
+        del values, counts  # before the next slice is gathered
     return threshold, volume
+
+
+def _first_stop(values: Tensor, counts: Tensor, tau: float, s: float, gamma: float, d: int) -> int:
+    """Index of the first run at whose start ``s >= (tau + gamma + d) v`` holds (``tau``, ``s``:
+    count and mass above the run; for the first run, at ``tau = 1`` inside it), else the number
+    of runs. In chunks: a few float64 temporaries of bounded size."""
+    step = _CHUNK_ELEMENTS // 8
+    for c0 in range(0, values.numel(), step):
+        v, c = values[c0 : c0 + step], counts[c0 : c0 + step]
+        mass = v * c
+        tau_before = c.cumsum(0).sub_(c).add_(tau)
+        s_before = mass.cumsum(0).sub_(mass).add_(s)
+        stop = torch.where(
+            tau_before >= 1,
+            s_before >= (tau_before + gamma + d) * v,
+            (c >= 2) & (v == 0),  # the first run: tau = 1 inside it
+        )
+        if bool(stop.any()):
+            return c0 + int(stop.to(torch.int64).argmax())
+        tau, s = tau + float(c.sum()), s + float(mass.sum())
+    return values.numel()
 
 
 def _value_below(value: Tensor, dtype: torch.dtype) -> float:
