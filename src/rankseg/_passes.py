@@ -205,7 +205,6 @@ class _SerialWorkers:
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.serial: list[bool] = []
 
@@ -239,12 +238,23 @@ _POOL: _SerialWorkers | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_workers() -> None:
+    """In a forked child: the workers were not copied (only the forking thread is), and the lock
+    may have been held by another thread at the fork."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+
 def _workers(count: int) -> _SerialWorkers | None:
     """The process's worker threads, at least ``count`` of them; ``None`` if their ops are not
     serial (then the caller's own loop is the better choice)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL.pid != os.getpid():  # none yet, or inherited through fork
+        if _POOL is None:
             _POOL = _SerialWorkers()
         if len(_POOL.serial) < count:
             caller = torch.get_num_threads()
