@@ -214,8 +214,9 @@ def child(spec: dict) -> dict:
     # threads (started by the first pass with several tiles; a one-off cost of the process).
     from rankseg._passes import map_tiles
 
-    small_spatial = tuple(max(8, s // 4) for s in shape[2:])
-    fn(make_input((1, shape[1], *small_spatial), "cpu", spec["dtype"]))
+    pixels = int(np.prod(shape[2:]))
+    scale = (min(pixels, 1 << 20) / pixels) ** (1 / len(shape[2:]))  # at most 1 Mi pixels per row
+    fn(make_input((1, shape[1], *(max(8, round(s * scale)) for s in shape[2:])), "cpu", spec["dtype"]))
     map_tiles(lambda i: None, 16, torch.device("cpu"))
     baseline = build(spec["baseline"], mode) if spec.get("baseline") else None
     base_seconds = None

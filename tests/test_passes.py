@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rankseg._passes as passes
 import rankseg.solvers.approx as approx
 from rankseg import rankseg
 from rankseg._passes import (
@@ -189,22 +190,28 @@ def test_moment_series_of_the_reciprocal_expectation_matches_the_sum(mu, sigma, 
 
 
 def test_map_tiles_returns_in_order_and_raises_in_the_caller():
-    assert map_tiles(lambda i: i * i, 50, torch.device("cpu")) == [i * i for i in range(50)]
-
     def fail(i: int) -> int:
         if i == 17:
             raise ValueError("tile 17")
         return i
 
-    with pytest.raises(ValueError, match="tile 17"):
-        map_tiles(fail, 40, torch.device("cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for size in (1000, 1 << 20):  # the caller's loop, then the workers
+            with cpu_workers(torch.device("cpu"), size):
+                assert map_tiles(lambda i: i * i, 50, torch.device("cpu")) == [i * i for i in range(50)]
+                with pytest.raises(ValueError, match="tile 17"):
+                    map_tiles(fail, 40, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_workers_give_the_one_thread_results_and_restore_the_thread_setting(threads):
     """Every pass on 2-3 workers (dynamic schedule, nested passes inline) equals one thread."""
-    probs = synthetic_probs(2, 5, (160, 160), seed=5)
-    single = synthetic_probs(1, 1, (800, 800), seed=6, bias=-2.0).half()
+    probs = synthetic_probs(2, 5, (330, 330), seed=5)  # over 2^20 elements: the workers take the passes
+    single = synthetic_probs(1, 1, (1100, 1100), seed=6, bias=-2.0).half()
     calls = [
         (probs, {}),
         (probs, {"metric": "iou", "unassigned_policy": "void"}),
@@ -221,6 +228,7 @@ def test_workers_give_the_one_thread_results_and_restore_the_thread_setting(thre
         for (x, kwargs), want in zip(calls, expected, strict=True):
             assert torch.equal(rankseg(x, **kwargs), want), kwargs
             assert torch.get_num_threads() == threads
+        assert len(passes._POOL.serial) >= threads and all(passes._POOL.serial)  # the workers ran
     finally:
         torch.set_num_threads(before)
 
@@ -229,7 +237,10 @@ def test_cpu_workers_restore_the_thread_setting_after_an_error():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with pytest.raises(RuntimeError, match="inside"), cpu_workers(torch.device("cpu")) as threads:
+        with (
+            pytest.raises(RuntimeError, match="inside"),
+            cpu_workers(torch.device("cpu"), 1 << 20) as threads,
+        ):
             assert threads == 2 and torch.get_num_threads() == 1
             raise RuntimeError("inside")
         assert torch.get_num_threads() == 2

@@ -48,6 +48,7 @@ T = TypeVar("T")
 _MIN_TILE = 1 << 16
 _MAX_TILE = 1 << 24
 _CPU_TILE = 1 << 18
+_POOL_MIN_ELEMENTS = 1 << 20  # smaller inputs keep their passes in the calling thread
 _FIXED_WORK = 8 << 20  # bytes of working memory allowed to any call, however small
 _SUM_BLOCK = 1024
 _SUM_PIECE = 1 << 18  # elements read at once by row_sums (a multiple of _SUM_BLOCK)
@@ -131,7 +132,7 @@ def row_sums(x: Tensor) -> Tensor:
 def row_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per row of a 2-D tensor: ``(min, max, sum)``, the sums as in :func:`row_sums`, in one
     pass over pieces of at most 256 Ki elements on the CPU workers (the input check of a call)."""
-    with cpu_workers(x.device):
+    with cpu_workers(x.device, x.numel()):
         return _row_pieces(x, extrema=True)
 
 
@@ -264,20 +265,20 @@ def _workers(count: int) -> _SerialWorkers | None:
 
 
 def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_count: int = 4) -> list[T]:
-    """``[work(0), ..., work(count - 1)]``, spread over ``torch.get_num_threads()`` CPU workers.
+    """``[work(0), ..., work(count - 1)]``, spread over the CPU workers inside :func:`cpu_workers`.
 
     Each worker takes the next index when it is free and runs its torch ops serially, so a pass
     has no barrier per tile and a descheduled thread delays only its own tile. Results come back
-    in index order whatever the schedule, so reductions over them are deterministic. On other
-    devices, with one thread or with fewer than ``min_count`` tiles, the loop runs in the
-    calling thread.
+    in index order whatever the schedule, so reductions over them are deterministic. Outside
+    :func:`cpu_workers`, on other devices, with one thread or with fewer than ``min_count``
+    tiles, the loop runs in the calling thread.
 
     Work functions write their results into tensors allocated before the pass rather than
     return new small tensors: small allocations that outlive their tile fragment the C heap
     between the tiles' larger temporaries (measured: a pass over a 64 MB row that kept one
     3-value tensor per tile held 125 MB of freed memory resident).
     """
-    threads = min(_IN_WORKER.threads or torch.get_num_threads(), count)
+    threads = min(_IN_WORKER.threads, count)  # 0 outside cpu_workers(): the caller's own loop
     pool = None
     if device.type == "cpu" and threads > 1 and count >= min_count and not _IN_WORKER.active:
         pool = _workers(threads)
@@ -309,22 +310,27 @@ def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_co
 
 
 @contextlib.contextmanager
-def cpu_workers(device: torch.device) -> Iterator[int]:
+def cpu_workers(device: torch.device, numel: int) -> Iterator[int]:
     """For the duration of a call on the CPU: parallel work on the workers, none in the caller.
 
-    Yields the number of threads the work may use (``torch.get_num_threads()`` on entry).
-    Inside, the calling thread's own torch ops run on one thread (``torch.set_num_threads(1)``,
-    restored on exit), because an OpenMP parallel region in the caller leaves its helper
-    threads spinning for ~20 ms afterwards, competing with the workers for the cores: on
-    1x21x256x256 RMA took 153 ms instead of 11 ms with both active. Re-entrant; does nothing on
-    other devices, in a worker, or with one thread.
+    Yields the number of tiles that may be in work at once: the caller's
+    ``torch.get_num_threads()`` when the workers take them, else 1.
+    Inside, :func:`map_tiles` spreads tiles over the workers and the calling thread's own torch
+    ops run on one thread (``torch.set_num_threads(1)``, restored on exit), because an OpenMP
+    parallel region in the caller leaves its helper threads spinning for ~20 ms afterwards,
+    competing with the workers for the cores: on 1x21x256x256 RMA took 153 ms instead of 11 ms
+    with both active. Inputs of fewer than 2^20 elements keep the plain path (passes in the
+    calling thread, with its own threads): their passes are too short for the split to pay for
+    the switch between the two. Re-entrant; does nothing on other devices, in a worker, or with
+    one thread.
     """
     threads = _IN_WORKER.threads or torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or _IN_WORKER.active or _IN_WORKER.threads:
+    plain = device.type != "cpu" or threads < 2 or numel < _POOL_MIN_ELEMENTS
+    if _IN_WORKER.threads:  # nested in an active call
         yield threads
         return
-    if _workers(threads) is None:
-        yield threads
+    if plain or _IN_WORKER.active or _workers(threads) is None:
+        yield 1
         return
     _IN_WORKER.threads = threads
     torch.set_num_threads(1)

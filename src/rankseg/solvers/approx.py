@@ -501,7 +501,7 @@ def approx_thresholds(
     k = mu.numel()
     thresholds = torch.empty(k, dtype=torch.float64, device=probs.device)
     volumes = torch.empty_like(thresholds)
-    with cpu_workers(probs.device) as threads:
+    with cpu_workers(probs.device, probs.numel()) as threads:
         parallel = max(1, min(threads, k))  # rows (or groups of rows) solved at once, by the workers
         share = Tiles(cache=tiles.cache, memory=tiles.memory, budget=max(1, tiles.budget // parallel))
         if n * _PIXEL_BYTES > share.budget or n >= _STREAM_LENGTH:

@@ -446,7 +446,9 @@ def rma_thresholds(
     Returns:
         ``(thresholds, volumes)``, float64 ``(K,)`` each.
     """
-    with cpu_workers(probs.device):  # the passes on the CPU workers, nothing parallel in the caller
+    with cpu_workers(
+        probs.device, probs.numel()
+    ):  # the passes on the CPU workers, nothing parallel in the caller
         if metric == "iou":
             return _fixed_point(probs, rows, torch.full_like(mu, smooth), mu + 2 * smooth, tiles)[1:]
         if smooth == 0:
