@@ -228,7 +228,7 @@ def test_workers_give_the_one_thread_results_and_restore_the_thread_setting(thre
         for (x, kwargs), want in zip(calls, expected, strict=True):
             assert torch.equal(rankseg(x, **kwargs), want), kwargs
             assert torch.get_num_threads() == threads
-        assert len(passes._POOL.serial) >= threads and all(passes._POOL.serial)  # the workers ran
+        assert len(passes._POOL.serial) >= threads - 1 and all(passes._POOL.serial)  # the workers ran
     finally:
         torch.set_num_threads(before)
 

@@ -41,6 +41,7 @@ __all__ = [
     "threshold_stats",
     "tile_grid",
     "work_dtype",
+    "workers_active",
 ]
 
 T = TypeVar("T")
@@ -145,6 +146,8 @@ def _piece_size(device: torch.device) -> int:
 def _row_pieces(x: Tensor, extrema: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:
     rows, cols = x.shape
     piece = _piece_size(x.device)
+    if not workers_active() and x.dtype in (torch.float32, torch.float64):
+        piece = max(piece, x.numel())  # no conversion to copy: whole-input ops, fewer of them
     width = max(1, min(cols, piece))
     height = max(1, piece // width)
     pieces = [(r0, c0) for r0 in range(0, rows, height) for c0 in range(0, cols, width)]
@@ -267,7 +270,8 @@ def _workers(count: int) -> _SerialWorkers | None:
 def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_count: int = 4) -> list[T]:
     """``[work(0), ..., work(count - 1)]``, spread over the CPU workers inside :func:`cpu_workers`.
 
-    Each worker takes the next index when it is free and runs its torch ops serially, so a pass
+    The calling thread and ``threads - 1`` workers share the tiles: each takes the next index
+    when it is free and runs its torch ops serially, so a pass
     has no barrier per tile and a descheduled thread delays only its own tile. Results come back
     in index order whatever the schedule, so reductions over them are deterministic. Outside
     :func:`cpu_workers`, on other devices, with one thread or with fewer than ``min_count``
@@ -281,7 +285,7 @@ def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_co
     threads = min(_IN_WORKER.threads, count)  # 0 outside cpu_workers(): the caller's own loop
     pool = None
     if device.type == "cpu" and threads > 1 and count >= min_count and not _IN_WORKER.active:
-        pool = _workers(threads)
+        pool = _workers(threads - 1)
     if pool is None:
         return [work(i) for i in range(count)]
     results: list = [None] * count
@@ -300,8 +304,9 @@ def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_co
         finally:
             finished.release()
 
-    for _ in range(threads):
+    for _ in range(threads - 1):
         pool.tasks.put(run)
+    run()  # the caller takes tiles too (its ops run on one thread inside cpu_workers())
     for _ in range(threads):
         finished.acquire()
     if errors:
@@ -329,7 +334,7 @@ def cpu_workers(device: torch.device, numel: int) -> Iterator[int]:
     if _IN_WORKER.threads:  # nested in an active call
         yield threads
         return
-    if plain or _IN_WORKER.active or _workers(threads) is None:
+    if plain or _IN_WORKER.active or _workers(threads - 1) is None:
         yield 1
         return
     _IN_WORKER.threads = threads
@@ -339,6 +344,13 @@ def cpu_workers(device: torch.device, numel: int) -> Iterator[int]:
     finally:
         torch.set_num_threads(threads)
         _IN_WORKER.threads = 0
+
+
+def workers_active() -> bool:
+    """Whether :func:`map_tiles` hands tiles to the workers here (inside an active
+    :func:`cpu_workers`); otherwise passes are loops of the caller's own, parallel ops, which
+    prefer fewer, larger tiles."""
+    return bool(_IN_WORKER.threads) and not _IN_WORKER.active
 
 
 def tile_grid(rows: int, cols: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -400,9 +412,9 @@ def threshold_stats(
 
 
 def row_pass(
-    row: Tensor, threshold: float, tile: int, block_minima: bool
+    row: Tensor, threshold: float, tile: int, block_minima: bool, excess: bool = True
 ) -> tuple[float, float, Tensor | None]:
-    """Sum and count of ``p > threshold`` over one long CPU row, in five to seven ops per tile.
+    """Sum and count of ``p > threshold`` over one long CPU row, in four to seven ops per tile.
 
     ``threshold`` must be exactly representable in ``row.dtype`` (see :func:`round_down`) and
     non-negative, so the comparison is exact. With ``block_minima``, also returns, for each block
@@ -410,46 +422,58 @@ def row_pass(
     threshold (2.0 where there is none; rounded to the work dtype), which lets the caller find the
     few pixels just above the threshold without another pass.
 
-    Each tile computes the excess ``y = p - t`` in the work dtype (exactly signed: the difference
-    of two distinct floats is never rounded to 0); the sum of ``max(y, 0)`` plus ``t`` per pixel
-    is the sum above ``t``, its sign counts them. For the minima, ``F.threshold(y, 0, 2)`` first
-    (block minimum: the smallest excess), then ``fmod(y, 2) = max(y, 0)`` as ``0 < y <= 1``
-    above ``t``. Block sums of the excess are far more accurate than sums of ``p`` (or of a fill
-    value): they decide pixels within ~1e-7 of the optimal threshold. Tiles are spread over the
-    CPU workers (:func:`map_tiles`).
+    Each tile computes the excess ``y = max(p - t, 0)`` in the work dtype (exactly signed: the
+    difference of two distinct floats is never rounded to 0); its block sums plus ``t`` per pixel
+    give the sum above ``t`` and its sign counts them. For the minima, ``F.threshold(y, 0, 2)``
+    (block minimum: the smallest excess), then ``ceil`` (1 above ``t``, as ``0 < y <= 1``; 2
+    elsewhere) counts them. Block sums of the excess are far more accurate than sums of ``p``
+    (or of a fill value): they decide pixels within ~1e-7 of the optimal threshold. Tiles are
+    spread over the CPU workers (:func:`map_tiles`). With ``excess=False`` (no minima), a
+    cheaper pass sums ``p`` itself (``F.threshold(p, t, 0)``, four ops; ~1e-9 relative error):
+    enough for a starting point.
     """
     n_all = row.numel()
     tile = max(_SUM_BLOCK, tile - tile % _SUM_BLOCK)
     wdt = work_dtype(row.dtype)
-    shift = torch.full((1,), threshold, dtype=wdt)  # a 1-d tensor: promotes float16 tiles to float32
+    # A Python float keeps float32/float64 tiles in their dtype (the faster scalar kernel); a 1-d
+    # tensor promotes float16/bfloat16 tiles to float32.
+    shift = threshold if row.dtype == wdt else torch.full((1,), threshold, dtype=wdt)
     starts = range(0, n_all, tile)
     blocks_total = -(-n_all // _SUM_BLOCK)
     sums = torch.empty(2, blocks_total, dtype=wdt)  # per block: excess above t, count above t
     minima = torch.empty(blocks_total, dtype=wdt) if block_minima else None
 
+    plain = not excess and minima is None
+
     def work(i: int) -> None:
-        y = torch.sub(row[starts[i] : starts[i] + tile], shift)
+        if plain:
+            y = F.threshold(row[starts[i] : starts[i] + tile], threshold, 0.0)
+        else:
+            y = torch.sub(row[starts[i] : starts[i] + tile], shift).clamp_(min=0)  # the excess
         full = y.numel() - y.numel() % _SUM_BLOCK
         b0 = starts[i] // _SUM_BLOCK
         parts = [(y[:full].view(-1, _SUM_BLOCK), b0, b0 + full // _SUM_BLOCK)]
         if full < y.numel():
             parts.append((y[full:][None], b0 + full // _SUM_BLOCK, b0 + full // _SUM_BLOCK + 1))
+        for part, lo, hi in parts:
+            torch.sum(part, dim=1, dtype=wdt, out=sums[0, lo:hi])
         if minima is not None:
             F.threshold(y, 0.0, 2.0, inplace=True)  # 0 < y <= 1 above t, 2 elsewhere
             for part, lo, hi in parts:
                 torch.amin(part, dim=1, out=minima[lo:hi])
-            y.fmod_(2.0)  # now max(p - t, 0)
+            y.ceil_()  # 1 above t, 2 elsewhere
         else:
-            y.clamp_(min=0)
-        for part, lo, hi in parts:
-            torch.sum(part, dim=1, dtype=wdt, out=sums[0, lo:hi])
-        y.sign_()
+            y.sign_()
         for part, lo, hi in parts:
             torch.sum(part, dim=1, dtype=wdt, out=sums[1, lo:hi])
 
     map_tiles(work, len(starts), row.device)
-    excess, count = sums.sum(dim=1, dtype=torch.float64).tolist()
-    return excess + threshold * count, count, minima
+    total, count = sums.sum(dim=1, dtype=torch.float64).tolist()
+    if plain:
+        return total, count, None
+    if minima is not None:
+        count = 2.0 * n_all - count  # the sum of ceil(y) is count + 2 (n_all - count)
+    return total + threshold * count, count, minima
 
 
 # ----------------------------------------------------------------------------------------------

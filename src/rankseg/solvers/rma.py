@@ -176,7 +176,8 @@ def _long_row_fixed_point(
     top_sums = np.cumsum(np.sort(sample)[::-1], dtype=np.float64) * scale
     top_counts = np.arange(1, sample.size + 1, dtype=np.float64) * scale
     start = max(float(np.max((top_sums + a) / (top_counts + b))), a / b if b > 0 else 0.0)
-    s0, n0, _ = row_pass(row, _exact_below(start, dtype), tile, block_minima=False)
+    # Only a start: plain sums will do (the decisive second pass sums the excess).
+    s0, n0, _ = row_pass(row, _exact_below(start, dtype), tile, block_minima=False, excess=False)
     t1 = _exact_below(g(s0, n0), dtype)
     full = row.numel() // _BLOCK
     blocks_view = row[: full * _BLOCK].view(full, _BLOCK)
