@@ -270,9 +270,10 @@ def _workers(count: int) -> _SerialWorkers | None:
 def map_tiles(work: Callable[[int], T], count: int, device: torch.device, min_count: int = 4) -> list[T]:
     """``[work(0), ..., work(count - 1)]``, spread over the CPU workers inside :func:`cpu_workers`.
 
-    The calling thread and ``threads - 1`` workers share the tiles: each takes the next index
-    when it is free and runs its torch ops serially, so a pass
-    has no barrier per tile and a descheduled thread delays only its own tile. Results come back
+    The calling thread and ``N - 1`` workers (``N``: the caller's ``torch.get_num_threads()`` on
+    entering :func:`cpu_workers`) share the tiles: each takes the next index when it is free and
+    runs its torch ops serially, so a pass has no barrier per tile and a descheduled thread
+    delays only its own tile. Results come back
     in index order whatever the schedule, so reductions over them are deterministic. Outside
     :func:`cpu_workers`, on other devices, with one thread or with fewer than ``min_count``
     tiles, the loop runs in the calling thread.
