@@ -12,19 +12,25 @@ skew) are clipped to 0 first.
 
 * **BA** (blind approximation) replaces every ``Gamma_-j`` by ``Gamma``:
   ``pi(tau) = 2 s_tau sum_l P(l) / (tau + l + gamma + 1) + gamma sum_l P(l) / (tau + l + gamma)``,
-  both sums one cross-correlation of the pmf with ``1 / (k + c)``, computed for every ``tau`` by FFT.
+  both sums expectations ``E[1 / (tau + L + c)]``, evaluated for any ``tau`` by a moment series
+  (:class:`_Expectation`, derived; no FFT, no buffer of the row's length).
 * **TRNA** keeps ``Gamma_-(tau)``: its mean, variance and third central moment drop pixel
   ``tau``'s terms, its pmf is evaluated on the same support, and with
   ``w_tau(l) = w_{tau-1}(l) + p_(tau) P(Gamma_-(tau) = l)``,
   ``pi(tau) = sum_l 2 w_tau(l) / (tau + l + gamma + 1) + gamma sum_l P(l) / (tau + l + gamma)``.
   (The +1 follows the formula; the 0.0.5 reference release used +2.) Every ``tau`` is computed
-  from its own moments, so ``tau`` is processed in chunks, all rows at once.
+  from its own moments, so ``tau`` is processed in chunks (:class:`_Scores`).
 * **BA+TRNA** uses BA where ``sigma > 5`` (Cohen's ``d = 1 / sigma < 0.2``, the published rule)
   and TRNA elsewhere.
 
 The volume is searched over ``tau <= d0``, the JMLR bound ``d0 = min{tau : s_tau >=
 (tau + gamma + d) p_(tau+1)}`` (``d`` when no ``tau`` qualifies). Like the exact solver, only cuts
 between distinct probabilities are volumes (a run of equal values is taken whole or not at all).
+
+Memory (issue 14): short rows are sorted (several at once) within the call's budget; long rows are
+streamed through their distinct values from the top, in slices, and stop at ``d0``
+(:func:`_streamed_row`), so the extra memory stays below the input's size plus a fixed working
+set whatever the shape. Design note ``docs/algorithms.md``, "BA, TRNA, BA+TRNA".
 
 Where they are weak: both replace a discrete law by a normal one, so they are accurate when
 ``sigma`` is large (many uncertain pixels) and can miss by several pixels -- and by more than
