@@ -145,8 +145,8 @@ def _owner_pass(probs: Tensor, thresholds: Tensor, tile: int) -> tuple[Tensor, T
 
     def work(i: int) -> None:
         b0, b1, n0, n1 = grid[i]
-        p = probs[b0:b1, :, n0:n1]
-        claimed = p.to(wdt, copy=True).sub_(thr[b0:b1]).clamp_(min=0).sign_()  # 1.0 where p > thr
+        p = probs[b0:b1, :, n0:n1].to(wdt)  # once: mixed-dtype ops below would convert per op
+        claimed = torch.sub(p, thr[b0:b1]).clamp_(min=0).sign_()  # 1.0 where p > thr
         owners = claimed.sum(1)
         single = owners == 1
         code = torch.where(owners == 0, _NO_MASK, _SEVERAL_MASKS)
