@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._passes import row_sums
+from ._passes import row_stats
 
 __all__ = ["as_dense", "as_tensor", "check_values", "to_caller"]
 
@@ -121,8 +121,8 @@ def check_values(rows: Tensor, name: str = "probs") -> tuple[Tensor, Tensor]:
 
     ``mass`` is the float64 ``sum(p)`` of each row.
     """
-    row_max = rows.amax(dim=1)
-    lo, hi = torch.stack([rows.amin(), row_max.max()]).tolist()  # one sync
+    row_min, row_max, mass = row_stats(rows)  # one pass, on the CPU workers
+    lo, hi = torch.stack([row_min.min(), row_max.max()]).tolist()  # one sync
     if not (lo >= 0 and hi <= 1):
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name} must be finite probabilities; it contains NaN or infinite values")
@@ -130,7 +130,7 @@ def check_values(rows: Tensor, name: str = "probs") -> tuple[Tensor, Tensor]:
             f"{name} must be probabilities in [0, 1]; got values from {lo:.6g} to {hi:.6g} "
             "(apply softmax or sigmoid to logits first)"
         )
-    return row_max, row_sums(rows)
+    return row_max, mass
 
 
 def to_caller(result: Tensor, from_numpy: bool) -> Tensor | np.ndarray:

@@ -35,11 +35,22 @@ left out, so the mask is the *smallest* optimal one and does not depend on pixel
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._passes import Tiles, round_down, row_pass, threshold_stats
+from .._passes import (
+    Tiles,
+    cpu_workers,
+    descending_runs,
+    map_tiles,
+    round_down,
+    row_pass,
+    threshold_stats,
+    tile_grid,
+)
 
 __all__ = ["rma_thresholds"]
 
@@ -47,6 +58,7 @@ _SAMPLE_SIZE = 4096  # per row, vectorised path
 _ROW_SAMPLE_SIZE = 2048  # long-row path: its second pass absorbs a rougher start
 _MAX_ITERATIONS = 10_000  # Dinkelbach strictly shrinks the mask each pass; never reached in practice
 _BLOCK = 1024  # block length of row_pass's block minima
+_RUN_BYTES = 64  # working memory per pixel of a gathered slice of distinct values
 
 
 def _sample_start(probs: Tensor, rows: Tensor | None, a: Tensor, b: Tensor, tile: int) -> Tensor:
@@ -93,12 +105,10 @@ def _fixed_point(
     n = probs.shape[1]
     tile = tiles.cache
     if probs.device.type == "cpu" and n >= tile:
-        # One row per tile anyway: solve row by row, in tiles as large as the memory budget
-        # allows (up to 4 Mi pixels, within the L3 cache): fewer, larger ops.
-        row_tile = max(tile, min(tiles.memory, 1 << 22))
+        # One row per tile anyway: solve row by row (each pass spread over the CPU workers).
         row_ids = range(k) if rows is None else rows.tolist()
         out = [
-            _long_row_fixed_point(probs[r], a_i, b_i, row_tile)
+            _long_row_fixed_point(probs[r], a_i, b_i, tile, tiles.budget // 2)
             for r, a_i, b_i in zip(row_ids, a.tolist(), b.tolist(), strict=True)
         ]
         out = torch.tensor(out, dtype=torch.float64)
@@ -136,17 +146,21 @@ def _fixed_point(
     raise RuntimeError("RMA did not converge")  # pragma: no cover
 
 
-def _long_row_fixed_point(row: Tensor, a: float, b: float, tile: int) -> tuple[float, float, float]:
+def _long_row_fixed_point(
+    row: Tensor, a: float, b: float, tile: int, budget: int
+) -> tuple[float, float, float]:
     """:func:`_fixed_point` for one long CPU row, usually in two streaming passes.
 
     Pass 1 at the sample estimate ``t0`` gives ``t1 = g({p > t0}) <= t*`` (a set's value never
     exceeds the optimum), already within a few pixels of ``t*`` (Newton converges quadratically).
-    Pass 2 at ``t1`` gives ``s1, n1`` and the block minima of the probabilities above ``t1``; with
+    Pass 2 at ``t1`` gives ``s1, n1`` and the block minima of the excesses ``p - t1`` above 0; with
     ``t2 = g({p > t1})`` and ``u = t2 + (t2 - t1)``, the few pixels in ``(t1, u]`` are gathered
     from the blocks whose minimum is at most ``u``, sorted, and every mask ``{p > t1}`` minus its
     ``j`` smallest pixels scored. If the mask without all of them scores at most ``u``, then
     ``t* <= u`` (for ``t < t*``, ``g({p > t}) > t``), so the best of these masks is the optimum;
-    otherwise its score is a better lower bound and the step repeats from there.
+    otherwise its score is a better lower bound and the step repeats from there. If the blocks to
+    gather would take more than ``budget`` bytes, the band is narrowed first by another pass at
+    ``t2`` (a lower bound of ``t*``, closer to it than ``t1``).
     """
 
     def g(s: float, n: float) -> float:
@@ -162,7 +176,8 @@ def _long_row_fixed_point(row: Tensor, a: float, b: float, tile: int) -> tuple[f
     top_sums = np.cumsum(np.sort(sample)[::-1], dtype=np.float64) * scale
     top_counts = np.arange(1, sample.size + 1, dtype=np.float64) * scale
     start = max(float(np.max((top_sums + a) / (top_counts + b))), a / b if b > 0 else 0.0)
-    s0, n0, _ = row_pass(row, _exact_below(start, dtype), tile, block_minima=False)
+    # Only a start: plain sums will do (the decisive second pass sums the excess).
+    s0, n0, _ = row_pass(row, _exact_below(start, dtype), tile, block_minima=False, excess=False)
     t1 = _exact_below(g(s0, n0), dtype)
     full = row.numel() // _BLOCK
     blocks_view = row[: full * _BLOCK].view(full, _BLOCK)
@@ -171,9 +186,20 @@ def _long_row_fixed_point(row: Tensor, a: float, b: float, tile: int) -> tuple[f
         t2 = max(g(s1, n1), t1)
         u = t2 + (t2 - t1)
         # The band is small (a few pixels to a few thousand): NumPy beats torch's per-op cost.
-        near = (minima <= u).nonzero()[:, 0]
+        # Block minima are excesses over t1, rounded: the slack keeps every block with p <= u.
+        near = (minima <= (u - t1) * (1 + 1e-6)).nonzero()[:, 0]
+        if near.numel() * _BLOCK * (row.element_size() + 2) > budget:
+            if _exact_below(t2, dtype) > t1:  # too many blocks to gather: one more Newton step
+                t1 = _exact_below(t2, dtype)
+                continue
+            # No step left (ties: many pixels share a few values): scan the band's distinct values.
+            found, start = _band_by_runs(row, a, b, t1, u, tile, budget)
+            if found is None:  # t* > u: the mask without the band is a better start
+                t1 = _exact_below(start, dtype)
+                continue
+            return found
         band = blocks_view.index_select(0, near[near < full]).reshape(-1)
-        if row.numel() > full * _BLOCK and bool(minima[-1] <= u):
+        if row.numel() > full * _BLOCK and bool(minima[-1] <= (u - t1) * (1 + 1e-6)):
             band = torch.cat([band, row[full * _BLOCK :]])
         band = band.numpy() if dtype != torch.bfloat16 else band.float().numpy()
         band = np.sort(band[(band > t1) & (band <= u)].astype(np.float64))  # ascending
@@ -193,6 +219,40 @@ def _long_row_fixed_point(row: Tensor, a: float, b: float, tile: int) -> tuple[f
     raise RuntimeError("RMA did not converge")  # pragma: no cover
 
 
+def _band_by_runs(
+    row: Tensor, a: float, b: float, t1: float, u: float, tile: int, budget: int
+) -> tuple[tuple[float, float, float] | None, float]:
+    """``((value, threshold, volume), _)`` of the best mask ``{p > theta}`` with ``t1 <= theta <= u``
+    if ``t* <= u``; else ``(None, g({p > u}))``, a lower bound of ``t*`` above ``u``.
+
+    Like the band step of :func:`_long_row_fixed_point`, but over the distinct values of the band,
+    streamed from the top in slices of bounded size (:func:`descending_runs`), so any number of
+    pixels (ties included) fits the memory ``budget``.
+    """
+    dtype = row.dtype
+    u_below = _exact_below(u, dtype)
+    s, n, _ = row_pass(row, u_below, tile, block_minima=False)
+    best = (s + a) / (n + b) if n + b > 0 else 0.0
+    if best > u:
+        return None, best
+    found = (best, u_below, n)  # ties keep the smallest mask: the first best from the top
+    for values, counts in descending_runs(row, t1, u_below, budget // _RUN_BYTES, tile):
+        sums = torch.cumsum(values * counts, 0).add_(s)
+        sizes = torch.cumsum(counts, 0).to(torch.float64).add_(n)
+        scores = (sums + a) / (sizes + b)
+        j = int(scores.argmax())
+        if float(scores[j]) > found[0]:
+            found = (float(scores[j]), _value_below(values[j], dtype), float(sizes[j]))
+        s, n = float(sums[-1]), float(sizes[-1])
+    return found, found[0]
+
+
+def _value_below(value: Tensor, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value below ``value`` (a value of that dtype): ``p > it`` iff ``p >= value``."""
+    exact = value.to(dtype)
+    return float(torch.nextafter(exact, torch.full_like(exact, -float("inf"))))
+
+
 def _exact_below(value: float, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` not above ``value``, as a Python float."""
     if dtype == torch.float64:
@@ -206,19 +266,37 @@ def _exact_below(value: float, dtype: torch.dtype) -> float:
     return float(rounded)
 
 
-def _band(probs: Tensor, rows: Tensor | None, lo: Tensor, hi: Tensor, tile: int) -> tuple[Tensor, Tensor]:
-    """Values ``p`` with ``lo < p <= hi`` of each row, as flat (values float64, row position)."""
-    n = probs.shape[1]
+def _band(
+    probs: Tensor, rows: Tensor, lo: Tensor, hi: Tensor, total: int, tile: int
+) -> tuple[Tensor, Tensor]:
+    """Values ``p`` with ``lo < p <= hi`` of each of ``rows``, as flat (values float64, position
+    in ``rows``), gathered tile by tile into buffers of the known ``total`` size (in no
+    particular order: the caller sorts them)."""
     lo_w, hi_w = round_down(lo, probs.dtype), round_down(hi, probs.dtype)
-    values, owners = [], []
-    step = max(1, tile // max(n, 1))
-    for r0 in range(0, lo.numel(), step):
-        block = probs[r0 : r0 + step] if rows is None else probs.index_select(0, rows[r0 : r0 + step])
-        inside = (block > lo_w[r0 : r0 + step, None]) & (block <= hi_w[r0 : r0 + step, None])
+    grid = tile_grid(rows.numel(), probs.shape[1], tile)
+    values = torch.empty(total, dtype=torch.float64, device=probs.device)
+    owners = torch.empty(total, dtype=torch.int64, device=probs.device)
+    filled = [0]
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        r0, r1, c0, c1 = grid[i]
+        block = probs[:, c0:c1].index_select(0, rows[r0:r1])
+        inside = (block > lo_w[r0:r1, None]) & (block <= hi_w[r0:r1, None])
         r_idx, c_idx = inside.nonzero(as_tuple=True)
-        values.append(block[r_idx, c_idx].to(torch.float64))
-        owners.append(r_idx + r0)
-    return torch.cat(values), torch.cat(owners)
+        with lock:
+            offset = filled[0]
+            filled[0] += r_idx.numel()
+        values[offset : offset + r_idx.numel()] = block[r_idx, c_idx]
+        owners[offset : offset + r_idx.numel()] = r_idx + r0
+
+    map_tiles(work, len(grid), probs.device)
+    return values, owners
+
+
+def _smooth_dice(s: Tensor, tau: Tensor, mu: Tensor, gamma: float) -> Tensor:
+    """The RMA Dice objective with ``gamma > 0`` of a mask of ``tau`` pixels and mass ``s``."""
+    return 2 * s / (tau + mu + 1 + gamma) + gamma / (tau + mu + gamma)
 
 
 def _dice_smooth_thresholds(
@@ -237,9 +315,10 @@ def _dice_smooth_thresholds(
 
     so only the band ``t_lo < p <= t_hi`` is sorted and ``f`` is scanned over its cut points.
     Cuts inside a run of equal probabilities are skipped (the objective is quasi-convex along
-    such a run, so a run is taken whole or not at all).
+    such a run, so a run is taken whole or not at all). The bands of several rows are sorted
+    together while they fit half the memory budget; a band too large for it on its own is
+    streamed through its distinct values (:func:`descending_runs`).
     """
-    k = mu.numel()
     a_coef = mu + 1.0 + gamma
     tile = tiles.cache
     half_lam, _, tau0 = _fixed_point(probs, rows, torch.zeros_like(mu), a_coef, tiles)
@@ -250,46 +329,106 @@ def _dice_smooth_thresholds(
     t_hi = (f_ub / 2 + gamma / (2 * a_coef * (a_coef - 1.0))).clamp(max=1.0)
     t_lo = (f_lb - gamma / a_coef) / 2
 
-    def objective(s: Tensor, tau: Tensor, mu_: Tensor) -> Tensor:
-        return 2 * s / (tau + mu_ + 1 + gamma) + gamma / (tau + mu_ + gamma)
-
     above_sum, above_cnt = threshold_stats(probs, rows, t_hi, tile)
-    thresholds, volumes = t_hi.clone(), above_cnt.clone()  # the cut "no band pixel"
-    values, owner = _band(probs, rows, t_lo, t_hi, tile)
-    m = values.numel()
-    if m == 0:
-        return thresholds, volumes
+    _, over_lo = threshold_stats(probs, rows, t_lo, tile)
+    bands = _Bands(probs, rows, t_lo, t_hi, above_sum, above_cnt, mu, gamma, tile)
+    capacity = max(1, tiles.budget // 2 // _RUN_BYTES)
+    group: list[int] = []
+    filled = 0
+    for i, size in enumerate(int(x) for x in (over_lo - above_cnt).tolist()):
+        if size > capacity:
+            bands.stream(i, capacity)
+            continue
+        if size > 0 and filled + size > capacity:
+            bands.sort(group, filled)
+            group, filled = [], 0
+        if size > 0:
+            group.append(i)
+            filled += size
+    if group:
+        bands.sort(group, filled)
+    return bands.thresholds, bands.volumes
 
-    # Flat layout sorted by row, then by decreasing probability (two stable sorts).
-    order = values.sort(descending=True, stable=True).indices
-    order = order[owner[order].sort(stable=True).indices]
-    values, owner = values[order], owner[order]
-    sizes = torch.bincount(owner, minlength=k)
-    starts = torch.cumsum(sizes, 0) - sizes
-    flat = torch.arange(m, device=values.device)
-    rank = flat - starts[owner]  # 0-based position within the row's band
-    cum = torch.cumsum(values, 0)
-    before = torch.where(starts > 0, cum[(starts - 1).clamp(0, m - 1)], torch.zeros_like(mu))
-    # Cut after position `rank`: take rank + 1 band values.
-    f_cut = objective(above_sum[owner] + cum - before[owner], above_cnt[owner] + rank + 1, mu[owner])
-    last_in_row = rank + 1 == sizes[owner]
-    next_value = values[(flat + 1).clamp(max=m - 1)]
-    boundary = last_in_row | (next_value < values)
-    f_cut = torch.where(boundary, f_cut, torch.full_like(f_cut, -float("inf")))
 
-    f_none = objective(above_sum, above_cnt, mu)
-    best = f_none.clone().scatter_reduce_(0, owner, f_cut, reduce="amax")
-    # Smallest optimal volume: no band pixel if that is optimal, else the first optimal cut.
-    first = torch.full((k,), m, dtype=torch.long, device=values.device)
-    hit = f_cut == best[owner]
-    first.scatter_reduce_(0, owner[hit], rank[hit], reduce="amin")
-    chosen = (f_none < best) & (first < m)
-    taken = first[chosen] + 1
-    is_whole_band = taken == sizes[chosen]
-    next_idx = (starts[chosen] + taken).clamp(max=m - 1)
-    thresholds[chosen] = torch.where(is_whole_band, t_lo[chosen], values[next_idx])
-    volumes[chosen] = above_cnt[chosen] + taken.to(torch.float64)
-    return thresholds, volumes
+class _Bands:
+    """The band step of :func:`_dice_smooth_thresholds`: every cut between distinct values of
+    ``t_lo < p <= t_hi`` scored, per row. Starts from the cut "no band pixel" (``t_hi``)."""
+
+    def __init__(
+        self,
+        probs: Tensor,
+        rows: Tensor | None,
+        t_lo: Tensor,
+        t_hi: Tensor,
+        above_sum: Tensor,
+        above_cnt: Tensor,
+        mu: Tensor,
+        gamma: float,
+        tile: int,
+    ) -> None:
+        self.probs, self.t_lo, self.t_hi, self.mu, self.gamma, self.tile = probs, t_lo, t_hi, mu, gamma, tile
+        self.row_ids = torch.arange(mu.numel(), device=mu.device) if rows is None else rows
+        self.above_sum, self.above_cnt = above_sum, above_cnt
+        self.thresholds, self.volumes = t_hi.clone(), above_cnt.clone()
+
+    def sort(self, group: list[int], total: int) -> None:
+        """Gather and sort the bands (``total`` pixels) of the rows ``group`` together (flat, one
+        segment per row)."""
+        index = torch.tensor(group, device=self.mu.device)
+        t_lo, mu = self.t_lo[index], self.mu[index]
+        above_sum, above_cnt = self.above_sum[index], self.above_cnt[index]
+        values, owner = _band(self.probs, self.row_ids[index], t_lo, self.t_hi[index], total, self.tile)
+        m, k = values.numel(), index.numel()
+        if m == 0:
+            return
+        # Flat layout sorted by row, then by decreasing probability (two stable sorts).
+        order = values.sort(descending=True, stable=True).indices
+        order = order[owner[order].sort(stable=True).indices]
+        values, owner = values[order], owner[order]
+        sizes = torch.bincount(owner, minlength=k)
+        starts = torch.cumsum(sizes, 0) - sizes
+        flat = torch.arange(m, device=values.device)
+        rank = flat - starts[owner]  # 0-based position within the row's band
+        cum = torch.cumsum(values, 0)
+        before = torch.where(starts > 0, cum[(starts - 1).clamp(0, m - 1)], torch.zeros_like(mu))
+        # Cut after position `rank`: take rank + 1 band values.
+        s_cut = above_sum[owner] + cum - before[owner]
+        f_cut = _smooth_dice(s_cut, above_cnt[owner] + rank + 1, mu[owner], self.gamma)
+        last_in_row = rank + 1 == sizes[owner]
+        next_value = values[(flat + 1).clamp(max=m - 1)]
+        boundary = last_in_row | (next_value < values)
+        f_cut = torch.where(boundary, f_cut, torch.full_like(f_cut, -float("inf")))
+
+        f_none = _smooth_dice(above_sum, above_cnt, mu, self.gamma)
+        best = f_none.clone().scatter_reduce_(0, owner, f_cut, reduce="amax")
+        # Smallest optimal volume: no band pixel if that is optimal, else the first optimal cut.
+        first = torch.full((k,), m, dtype=torch.long, device=values.device)
+        hit = f_cut == best[owner]
+        first.scatter_reduce_(0, owner[hit], rank[hit], reduce="amin")
+        chosen = (f_none < best) & (first < m)
+        taken = first[chosen] + 1
+        is_whole_band = taken == sizes[chosen]
+        next_idx = (starts[chosen] + taken).clamp(max=m - 1)
+        self.thresholds[index[chosen]] = torch.where(is_whole_band, t_lo[chosen], values[next_idx])
+        self.volumes[index[chosen]] = above_cnt[chosen] + taken.to(torch.float64)
+
+    def stream(self, i: int, capacity: int) -> None:
+        """Row ``i``'s band, too large to sort at once: its distinct values are streamed from the
+        top (:func:`descending_runs`) and every cut between them scored."""
+        row = self.probs[int(self.row_ids[i])]
+        s, n, mu = self.above_sum[i], self.above_cnt[i], self.mu[i]
+        best = float(_smooth_dice(s, n, mu, self.gamma))
+        lo, hi = float(self.t_lo[i]), float(self.t_hi[i])
+        for values, counts in descending_runs(row, lo, hi, capacity, self.tile):
+            sums = torch.cumsum(values * counts, 0).add_(s)
+            sizes = torch.cumsum(counts, 0).to(torch.float64).add_(n)
+            scores = _smooth_dice(sums, sizes, mu, self.gamma)
+            j = int(scores.argmax())  # the first best: ties keep the smallest mask
+            if float(scores[j]) > best:
+                best = float(scores[j])
+                self.thresholds[i] = _value_below(values[j], row.dtype)
+                self.volumes[i] = sizes[j]
+            s, n = sums[-1], sizes[-1]
 
 
 def rma_thresholds(
@@ -308,8 +447,11 @@ def rma_thresholds(
     Returns:
         ``(thresholds, volumes)``, float64 ``(K,)`` each.
     """
-    if metric == "iou":
-        return _fixed_point(probs, rows, torch.full_like(mu, smooth), mu + 2 * smooth, tiles)[1:]
-    if smooth == 0:
-        return _fixed_point(probs, rows, torch.zeros_like(mu), mu + 1.0, tiles)[1:]
-    return _dice_smooth_thresholds(probs, rows, mu, smooth, tiles)
+    with cpu_workers(
+        probs.device, probs.numel()
+    ):  # the passes on the CPU workers, nothing parallel in the caller
+        if metric == "iou":
+            return _fixed_point(probs, rows, torch.full_like(mu, smooth), mu + 2 * smooth, tiles)[1:]
+        if smooth == 0:
+            return _fixed_point(probs, rows, torch.zeros_like(mu), mu + 1.0, tiles)[1:]
+        return _dice_smooth_thresholds(probs, rows, mu, smooth, tiles)
