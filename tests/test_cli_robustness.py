@@ -354,19 +354,19 @@ def test_a_killed_worker_costs_only_the_file_it_was_working_on(tmp_path):
     probs, labels = tmp_path / "probs", tmp_path / "labels"
     probs.mkdir()
     labels.mkdir()
-    names = [f"case{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        p = synthetic_probs(1, 4, (320, 320), seed=i, scale=2.0)
+    names = [f"case{i}" for i in range(8)]
+    for i, name in enumerate(names):  # large enough to keep a worker busy for a while
+        p = synthetic_probs(1, 4, (1024, 1024), seed=i, scale=2.0)
         np.save(probs / f"{name}.npy", p[0].numpy().astype(np.float16))
         np.save(labels / f"{name}.npy", sample_labels(p, seed=i)[0].numpy().astype(np.uint8))
     proc = start(
-        "evaluate", "--probs", probs, "--labels", labels, "--solvers", "TRNA", "--workers", "2",
+        "evaluate", "--probs", probs, "--labels", labels, "--solvers", "TRNA,BA", "--workers", "2",
         "--json", tmp_path / "r.json",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         busy = []
-        while not busy:  # a worker well into a file: TRNA takes about a CPU second per file
+        while not busy:  # a worker well into its work
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.02)
             busy = [pid for pid in worker_pids(proc.pid) if cpu_seconds(pid) >= 0.25]  # not the tracker
