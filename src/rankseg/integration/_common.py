@@ -185,19 +185,24 @@ def parse_sizes(sizes: Any, batch: int, name: str) -> list[tuple[int, int]]:
     return parsed
 
 
+def kwargs_dict(rankseg_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of the user's ``rankseg_kwargs`` (``None`` is no arguments); ``TypeError`` if not a mapping."""
+    if rankseg_kwargs is None:
+        return {}
+    if not isinstance(rankseg_kwargs, Mapping):
+        raise TypeError(
+            f"rankseg_kwargs must be a dict of RankSEG arguments; got {type(rankseg_kwargs).__name__}"
+        )
+    return dict(rankseg_kwargs)
+
+
 def make_predictor(rankseg_kwargs: Mapping[str, Any] | None, default_output_mode: str) -> RankSEG:
     """A RankSEG from the user's keyword arguments, with ``output_mode`` defaulted when absent.
 
     The arguments are checked here, so that invalid ones are refused even when there is nothing to
     decide (an empty batch); warnings (a solver that falls back) are left to the call that decides.
     """
-    if rankseg_kwargs is None:
-        rankseg_kwargs = {}
-    if not isinstance(rankseg_kwargs, Mapping):
-        raise TypeError(
-            f"rankseg_kwargs must be a dict of RankSEG arguments; got {type(rankseg_kwargs).__name__}"
-        )
-    kwargs = dict(rankseg_kwargs)
+    kwargs = kwargs_dict(rankseg_kwargs)
     kwargs.setdefault("output_mode", default_output_mode)
     predictor = RankSEG(**kwargs)
     _options(predictor)

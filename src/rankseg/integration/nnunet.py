@@ -80,6 +80,7 @@ from torch import Tensor
 
 from .._options import Options, resolve_options
 from ..functional import rankseg_resolved
+from ._common import kwargs_dict
 
 try:
     from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
@@ -279,13 +280,7 @@ def read_folder(pred_dir: str | os.PathLike) -> NnunetFolder:
 
 def _checked_options(rankseg_kwargs: Mapping[str, Any] | None, regions: bool) -> Options:
     """RankSEG's options for an nnU-Net model, checked and canonical (so workers never warn again)."""
-    if rankseg_kwargs is None:
-        rankseg_kwargs = {}
-    if not isinstance(rankseg_kwargs, Mapping):
-        raise TypeError(
-            f"rankseg_kwargs must be a dict of RankSEG arguments; got {type(rankseg_kwargs).__name__}"
-        )
-    kwargs = dict(rankseg_kwargs)
+    kwargs = kwargs_dict(rankseg_kwargs)
     mode = "multilabel" if regions else "multiclass"
     given = kwargs.pop("output_mode", mode)
     if resolve_options(output_mode=given).output_mode != mode:
