@@ -30,7 +30,10 @@ from monai.transforms import (
     AsDiscreted,
     Compose,
     Flip,
+    Invertd,
+    Orientationd,
     SaveImaged,
+    Spacingd,
 )
 from torch import Tensor
 
@@ -193,6 +196,65 @@ def test_dicemetric_on_onehot_outputs_equals_rankseg_dice_score(pipeline_case):
     ours = dice_score(masks, labels, 3, average="none")
     assert torch.allclose(per_class.aggregate().double(), ours, atol=1e-6)
     assert math.isclose(mean.aggregate().item(), float(dice_score(masks, labels, 3)), abs_tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def resampled_case():
+    """One volume reoriented and resampled by pre transforms, predicted at the resampled grid."""
+    torch.manual_seed(0)
+    net = UNet(
+        spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=0
+    ).eval()
+    affine = rotation_affine(0.3, (1.5, 1.0, 2.0), (10.0, -5.0, 3.0))
+    image = MetaTensor(
+        torch.randn((1, 20, 18, 14), generator=torch.Generator().manual_seed(2)), affine=affine
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Orientationd's changed default for labels
+        pre = Compose(
+            [Orientationd(keys="image", axcodes="LPS"), Spacingd(keys="image", pixdim=(1.2, 1.2, 1.2))]
+        )
+        item = pre({"image": image})
+    assert item["image"].shape[1:] != image.shape[1:] and len(item["image"].applied_operations) == 2
+    batch = list_data_collate([item])
+    with torch.no_grad():
+        batch["pred"] = sliding_window_inference(
+            batch["image"], roi_size=(16, 16, 16), sw_batch_size=4, predictor=net
+        )
+    return pre, decollate_batch(batch)[0], image
+
+
+def test_after_invertd_the_mask_is_in_the_original_grid_and_equals_rankseg_of_the_inverted_probs(
+    resampled_case,
+):
+    pre, item, image = resampled_case
+    invert = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)
+    probs = Compose([Activationsd(keys="pred", softmax=True), invert])(dict(item))["pred"]
+    assert probs.shape == (3, *image.shape[1:])
+    output = Compose([Activationsd(keys="pred", softmax=True), invert, RankSEGd(keys="pred", metric="dice")])(
+        dict(item)
+    )["pred"]
+    expected = rankseg(probs.as_tensor()[None], metric="dice")[0]
+    assert (expected != probs.as_tensor().argmax(dim=0)).any(), "RankSEG differs from argmax here"
+    assert isinstance(output, MetaTensor) and output.shape == (1, *image.shape[1:])
+    assert torch.equal(output.as_tensor(), expected[None].float())
+    assert torch.allclose(output.affine.double(), image.affine.double(), atol=1e-5)
+
+
+def test_invertd_after_rankseg_d_inverts_its_mask_as_it_inverts_asdiscreted_s(resampled_case):
+    pre, item, image = resampled_case
+    invert = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)
+    ours = Compose([Activationsd(keys="pred", softmax=True), RankSEGd(keys="pred", metric="acc"), invert])
+    monai_s = Compose(
+        [Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True), invert]
+    )
+    a, b = ours(dict(item))["pred"], monai_s(dict(item))["pred"]
+    assert a.shape == b.shape == (1, *image.shape[1:])
+    assert torch.equal(a.as_tensor(), b.as_tensor()) and torch.allclose(a.affine, b.affine)
+    dice = Compose([Activationsd(keys="pred", softmax=True), RankSEGd(keys="pred", metric="dice"), invert])(
+        dict(item)
+    )["pred"]
+    assert dice.shape == a.shape and set(dice.unique().tolist()) <= {0.0, 1.0, 2.0}
 
 
 def test_a_collated_batch_is_refused_with_a_pointer_to_decollate_batch(pipeline_case):
