@@ -432,6 +432,31 @@ def _matches(pattern: str, text: str) -> bool:
     return re.search(pattern, text) is not None
 
 
+def test_a_palette_or_rgb_png_reference_is_refused_not_read_as_its_red_channel(built, tmp_path):
+    # NaturalImage2DIO reads a palette PNG as RGB, (3, 1, H, W): label 1 painted red would be
+    # evaluated as label 255 if the first channel were taken as the label map (Dice 0, silently).
+    folder = built["png"]
+    labels = tmp_path / "labels"
+    shutil.copytree(folder.labels_dir, labels)
+    grey = _array_in_nnunet_order(folder, folder.labels_dir / "case0.png")[0]
+    palette = Image.fromarray(grey, mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    palette.save(labels / "case0.png")
+    with Image.open(labels / "case0.png") as saved:
+        assert saved.mode == "P" and (np.asarray(saved) == grey).all()  # the same labels, as indices
+    # RGB with the label in every channel: refused too, a label map has one channel
+    grey = _array_in_nnunet_order(folder, folder.labels_dir / "case1.png")[0]
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), mode="RGB").save(labels / "case1.png")
+    evaluation = nnunet.evaluate_folder(folder.pred_dir, labels)
+    assert evaluation.cases == ("case2",)
+    for case in ("case0", "case1"):
+        assert _matches(
+            rf"{case}: reference .*{case}\.png has 3 channels as NaturalImage2DIO reads it \(an RGB\(A\) or "
+            r"palette image\?\); a segmentation has one channel of label values",
+            evaluation.failed[case],
+        ), evaluation.failed[case]
+
+
 def test_an_evaluation_case_without_reference_is_reported(built, tmp_path):
     folder = built["labels"]
     labels = tmp_path / "labels"
