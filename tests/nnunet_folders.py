@@ -14,6 +14,13 @@ process pool (several seconds per data set here), so the builder calls the extra
 per-case ``DatasetFingerprintExtractor.analyze_case`` in this process and saves the same
 aggregate ``run()`` saves.
 
+Besides the two NIfTI data sets (3-D, configuration "3d_fullres"), two data sets use nnU-Net's
+other reader/writers, chosen by nnU-Net from the file ending as ``nnUNetv2_plan_and_preprocess``
+chooses them: a 2-D natural-image data set (``.png``, written with Pillow as 8-bit grey images,
+read by ``NaturalImage2DIO`` as arrays of shape ``(1, H, W)`` with spacing ``(999, 1, 1)``; nnU-Net
+plans only its "2d" configuration) and a 3-D TIFF data set (``.tif``, read by ``Tiff3DIO``, whose
+only geometry is the spacing in a ``CASE.json`` beside each file).
+
 Logits follow simple shapes (seen through the same preprocessing) plus Gaussian noise, so
 boundaries are uncertain and RankSEG and argmax disagree on some voxels. The reference labels
 (``labelsTs``) are drawn voxel by voxel from the saved probabilities, so the probabilities are
@@ -33,6 +40,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import SimpleITK as sitk
+import tifffile
 import torch
 from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
@@ -41,6 +49,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+from PIL import Image
 
 CONFIGURATION = "3d_fullres"
 
@@ -63,17 +72,19 @@ def _rotation(about_z: float, about_x: float) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Spec:
-    """One data set: its labels, reader/writer and geometry."""
+    """One data set: its labels, reader/writer, geometry, file ending and nnU-Net configuration."""
 
     name: str
     labels: dict
     regions_class_order: list | None
-    writer: str  # "sitk" or "nibabel": how the raw files are written
+    writer: str  # "sitk", "nibabel", "png" (Pillow) or "tiff" (tifffile): how the raw files are written
     overwrite_image_reader_writer: str | None
     train_geometry: Geometry
     test_geometry: Geometry
     train_shapes: tuple[tuple[int, int, int], ...]
     test_shapes: tuple[tuple[int, int, int], ...]
+    file_ending: str = ".nii.gz"
+    configuration: str = CONFIGURATION
 
 
 # Spacing (x, y, z) = (3.0, 0.8, 1.1): nnU-Net's (z, y, x) spacing is (1.1, 0.8, 3.0), its largest
@@ -105,6 +116,41 @@ REGIONS = Spec(
 )
 
 
+# A 2-D natural-image data set: nnU-Net picks NaturalImage2DIO for ".png" and, as every image has
+# one plane (array shape (1, H, W), spacing (999, 1, 1)), plans the "2d" configuration only. PNG
+# files carry no geometry (the Geometry below is not written). Cases of several sizes.
+PNG = Spec(
+    name="Dataset903_Png",
+    labels={"background": 0, "cell": 1, "nucleus": 2, "ignore": 3},
+    regions_class_order=None,
+    writer="png",
+    overwrite_image_reader_writer=None,
+    train_geometry=Geometry((1.0, 1.0, 999.0), (0.0, 0.0, 0.0), _rotation(0.0, 0.0)),
+    test_geometry=Geometry((1.0, 1.0, 999.0), (0.0, 0.0, 0.0), _rotation(0.0, 0.0)),
+    train_shapes=((1, 24, 20), (1, 22, 26)),
+    test_shapes=((1, 24, 20), (1, 21, 27), (1, 26, 19)),
+    file_ending=".png",
+    configuration="2d",
+)
+
+# A 3-D TIFF data set: for ".tif" nnU-Net tries NaturalImage2DIO first, which refuses a volume
+# whose last axis is not 3 or 4 (RGB/RGBA), and then picks Tiff3DIO. Tiff3DIO keeps only the
+# spacing, from "CASE.json" beside each file, in array order (z, y, x) = the reversed spacing_xyz:
+# (1.2, 0.9, 2.6), largest on the last axis, so the transpose is [2, 0, 1] here too.
+TIFF = Spec(
+    name="Dataset904_Tiff",
+    labels={"background": 0, "liver": 1, "tumour": 2, "ignore": 3},
+    regions_class_order=None,
+    writer="tiff",
+    overwrite_image_reader_writer=None,
+    train_geometry=Geometry((2.6, 0.9, 1.2), (0.0, 0.0, 0.0), _rotation(0.0, 0.0)),
+    test_geometry=Geometry((2.4, 0.95, 1.3), (0.0, 0.0, 0.0), _rotation(0.0, 0.0)),
+    train_shapes=((12, 16, 10), (13, 15, 10)),
+    test_shapes=((12, 16, 10), (11, 17, 9)),
+    file_ending=".tif",
+)
+
+
 @dataclass(frozen=True)
 class Built:
     """A prediction folder made by nnU-Net, and the reference labels of its cases."""
@@ -123,7 +169,21 @@ class Built:
 
 
 def write_volume(array_zyx: np.ndarray, path: Path, geometry: Geometry, writer: str) -> None:
-    """Write a (z, y, x) array with the given world geometry, as a NIfTI file."""
+    """Write a (z, y, x) array with the given world geometry: a NIfTI file ("sitk", "nibabel"), an
+    8-bit grey PNG of its one plane ("png"), or a TIFF with its spacing in a .json beside it
+    ("tiff", named as Tiff3DIO looks for it: without the channel suffix "_0000" of images)."""
+    if writer == "png":
+        if array_zyx.shape[0] != 1:
+            raise ValueError(f"a PNG holds one plane; got an array of shape {array_zyx.shape}")
+        plane = np.clip(np.round(array_zyx[0]), 0, 255).astype(np.uint8)
+        Image.fromarray(plane, mode="L").save(path)
+        return
+    if writer == "tiff":
+        tifffile.imwrite(path, array_zyx)
+        stem = path.name[: -len(".tif")]
+        stem = stem[: -len("_0000")] if stem.endswith("_0000") else stem
+        save_json({"spacing": list(geometry.spacing_xyz[::-1])}, str(path.with_name(f"{stem}.json")))
+        return
     if writer == "sitk":
         image = sitk.GetImageFromArray(array_zyx)
         image.SetSpacing(geometry.spacing_xyz)
@@ -160,6 +220,25 @@ def _volumes(shape: tuple[int, int, int], rng: np.random.Generator, spec: Spec, 
     return image, labels
 
 
+def _planes(shape: tuple[int, int, int], rng: np.random.Generator, spec: Spec, variant: int):
+    """A one-plane (1, H, W) image with a zero border (nnU-Net crops it; the inside is never 0,
+    so that it survives the 8-bit PNG) and a cell, its nucleus and an ignored corner."""
+    y, x = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape[1:]), indexing="ij")
+    image = np.zeros(shape, np.float32)
+    body = (slice(None), slice(2, shape[1] - 1), slice(1, shape[2] - 3))
+    image[body] = np.clip(100 + 20 * rng.standard_normal(image[body].shape), 1, 255)
+    inside = np.zeros(shape, bool)
+    inside[body] = True
+    labels = np.zeros(shape, np.uint8)
+    cell = ((y + 0.05) / 0.65) ** 2 + ((x - 0.1) / 0.6) ** 2 <= 1
+    nucleus = ((y - 0.1) / 0.3) ** 2 + ((x - 0.05) / 0.35) ** 2 <= 1
+    labels[cell[None] & inside] = 1
+    if variant != 2:  # the third case has no nucleus: Dice is NaN there for both methods
+        labels[nucleus[None] & inside] = 2
+    labels[((x > 0.4) & (y < -0.4))[None] & inside] = 3  # the ignore label
+    return image, labels
+
+
 def _planned(spec: Spec, root: Path, rng: np.random.Generator) -> tuple[dict, dict]:
     raw = root / "nnUNet_raw" / spec.name
     (raw / "imagesTr").mkdir(parents=True)
@@ -168,17 +247,18 @@ def _planned(spec: Spec, root: Path, rng: np.random.Generator) -> tuple[dict, di
         "channel_names": {"0": "MRI"},
         "labels": spec.labels,
         "numTraining": len(spec.train_shapes),
-        "file_ending": ".nii.gz",
+        "file_ending": spec.file_ending,
     }
     if spec.regions_class_order is not None:
         dataset_json["regions_class_order"] = spec.regions_class_order
     if spec.overwrite_image_reader_writer is not None:
         dataset_json["overwrite_image_reader_writer"] = spec.overwrite_image_reader_writer
     save_json(dataset_json, str(raw / "dataset.json"), sort_keys=False)
+    ending = spec.file_ending
     for i, shape in enumerate(spec.train_shapes):
-        image, labels = _volumes(shape, rng, spec, i)
-        write_volume(image, raw / "imagesTr" / f"train{i}_0000.nii.gz", spec.train_geometry, spec.writer)
-        write_volume(labels, raw / "labelsTr" / f"train{i}.nii.gz", spec.train_geometry, spec.writer)
+        image, labels = _images(spec)(shape, rng, spec, i)
+        write_volume(image, raw / "imagesTr" / f"train{i}_0000{ending}", spec.train_geometry, spec.writer)
+        write_volume(labels, raw / "labelsTr" / f"train{i}{ending}", spec.train_geometry, spec.writer)
 
     # The fingerprint, as DatasetFingerprintExtractor.run() aggregates it (without its process pool).
     dataset = get_filenames_of_train_images_and_targets(str(raw), dataset_json)
@@ -213,6 +293,10 @@ def _planned(spec: Spec, root: Path, rng: np.random.Generator) -> tuple[dict, di
     ExperimentPlanner(spec.name).plan_experiment()  # writes nnUNetPlans.json
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     return dataset_json, plans
+
+
+def _images(spec: Spec):
+    return _planes if spec.configuration == "2d" else _volumes
 
 
 def _logits(seg: np.ndarray, spec: Spec, rng: np.random.Generator, variant: int) -> np.ndarray:
@@ -267,10 +351,16 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    with _nnunet_paths(root), contextlib.redirect_stdout(io.StringIO()):
+    ending = spec.file_ending
+    # nnU-Net prints its plans, and the traceback of each reader/writer that cannot read an example
+    with (
+        _nnunet_paths(root),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         dataset_json, plans = _planned(spec, root, rng)
         plans_manager = PlansManager(plans)
-        configuration = plans_manager.get_configuration(CONFIGURATION)
+        configuration = plans_manager.get_configuration(spec.configuration)
         preprocessor = configuration.preprocessor_class(verbose=False)
         images, labels, pred, truth = root / "imagesTs", root / "labelsTs", root / "pred", root / "truth"
         for folder in (images, labels, pred, truth):
@@ -281,14 +371,14 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
         cases = []
         for i, shape in enumerate(spec.test_shapes):
             case = f"case{i}"
-            image, shapes = _volumes(shape, rng, spec, i)
-            write_volume(image, images / f"{case}_0000.nii.gz", spec.test_geometry, spec.writer)
-            write_volume(shapes, truth / f"{case}.nii.gz", spec.test_geometry, spec.writer)
-            image_files = [str(images / f"{case}_0000.nii.gz")]
+            image, shapes = _images(spec)(shape, rng, spec, i)
+            write_volume(image, images / f"{case}_0000{ending}", spec.test_geometry, spec.writer)
+            write_volume(shapes, truth / f"{case}{ending}", spec.test_geometry, spec.writer)
+            image_files = [str(images / f"{case}_0000{ending}")]
             # The shapes seen in the preprocessed space make the synthetic logits; the properties
             # exported are those of the image alone, as at prediction time.
             _, seg, _ = preprocessor.run_case(
-                image_files, str(truth / f"{case}.nii.gz"), plans_manager, configuration, dataset_json
+                image_files, str(truth / f"{case}{ending}"), plans_manager, configuration, dataset_json
             )
             _, _, properties = preprocessor.run_case(
                 image_files, None, plans_manager, configuration, dataset_json
@@ -306,7 +396,7 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Built:
             )
             with np.load(pred / f"{case}.npz") as saved:
                 reference = _sampled_reference(saved["probabilities"], shapes, spec, rng, i)
-            write_volume(reference, labels / f"{case}.nii.gz", spec.test_geometry, spec.writer)
+            write_volume(reference, labels / f"{case}{ending}", spec.test_geometry, spec.writer)
             cases.append(case)
     torch.set_num_threads(threads)
     return Built(spec, pred, labels, images, dataset_json, plans, tuple(cases))

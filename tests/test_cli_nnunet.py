@@ -27,7 +27,9 @@ import pytest
 pytest.importorskip("nnunetv2")
 
 import SimpleITK as sitk
+from PIL import Image
 
+from rankseg.functional import rankseg
 from rankseg.integration import nnunet
 
 import nnunet_folders
@@ -65,6 +67,7 @@ def built(tmp_path_factory) -> dict[str, Built]:
     return {
         "labels": nnunet_folders.build(nnunet_folders.LABELS, root / "labels"),
         "regions": nnunet_folders.build(nnunet_folders.REGIONS, root / "regions"),
+        "png": nnunet_folders.build(nnunet_folders.PNG, root / "png"),
     }
 
 
@@ -164,6 +167,33 @@ def test_acc_writes_nnunets_own_files_for_a_region_based_model(built, tmp_path):
         theirs.GetDirection(),
     )
     assert ours.GetOrigin() != (0.0, 0.0, 0.0)  # a real geometry, kept
+
+
+def test_a_2d_png_folder_gets_png_segmentations_as_nnunet_writes_them(built, tmp_path):
+    folder = built["png"]  # NaturalImage2DIO, configuration "2d": probabilities (C, 1, H, W)
+    out = tmp_path / "out"
+    result = run("nnunet", folder.pred_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        f"{folder.pred_dir / case}.npz -> {out / case}.png" for case in folder.cases
+    ]
+    nnunet.postprocess_folder(folder.pred_dir, tmp_path / "library")
+    assert contents(out) == contents(tmp_path / "library")  # byte for byte
+    for case in folder.cases:
+        with np.load(folder.pred_dir / f"{case}.npz") as saved:
+            expected = rankseg(saved["probabilities"][None], metric="dice")[0]  # (1, H, W)
+        with Image.open(out / f"{case}.png") as image:
+            assert (image.format, image.mode) == ("PNG", "L")
+            np.testing.assert_array_equal(np.asarray(image)[None], expected)
+
+    result = run("nnunet", folder.pred_dir, "--out", tmp_path / "acc", "--metric", "acc", "-q")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert sorted(contents(tmp_path / "acc")) == sorted(
+        ["dataset.json", "plans.json", *(f"{case}.png" for case in folder.cases)]
+    )
+    for name, data in contents(tmp_path / "acc").items():
+        assert data == (folder.pred_dir / name).read_bytes(), name  # nnU-Net's own PNGs
 
 
 def _nan_to_none(values):

@@ -1,11 +1,13 @@
 """rankseg.integration.nnunet on prediction folders written by nnU-Net's own export code.
 
-``nnunet_folders.py`` plans two tiny data sets with nnU-Net (a label-based one with an ignore label
-and a non-identity transpose, read by SimpleITKIO; a region-based one read by NibabelIO), and
-exports synthetic logits with ``export_prediction_from_logits``. The checks: ``metric="acc"``
-gives back nnU-Net's own files; Dice / IoU files hold ``rankseg.functional.rankseg`` of the saved
-probabilities with nnU-Net's geometry; the evaluation equals nnU-Net's ``compute_metrics_on_folder``;
-and every bad input is reported with its case while the other cases are written.
+``nnunet_folders.py`` plans four tiny data sets with nnU-Net (a label-based one with an ignore label
+and a non-identity transpose, read by SimpleITKIO; a region-based one read by NibabelIO; a 2-D PNG
+one read by NaturalImage2DIO, configuration "2d"; a 3-D TIFF one read by Tiff3DIO, spacing in a
+``.json`` beside each file), and exports synthetic logits with ``export_prediction_from_logits``.
+The checks, on every folder: ``metric="acc"`` gives back nnU-Net's own files (same pixels, file
+type and geometry); Dice / IoU files hold ``rankseg.functional.rankseg`` of the saved probabilities
+in nnU-Net's array order; the evaluation equals nnU-Net's ``compute_metrics_on_folder``; and (on
+the label-based folder) every bad input is reported with its case while the other cases are written.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ pytest.importorskip("nnunetv2")
 
 import nibabel
 import SimpleITK as sitk
+import tifffile
 from nnunetv2.evaluation.evaluate_predictions import (
     compute_metrics_on_folder,
     compute_tp_fp_fn_tn,
     region_or_label_to_mask,
 )
 from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+from PIL import Image
 
 from rankseg.functional import rankseg
 from rankseg.integration import nnunet
@@ -48,10 +52,12 @@ def built(tmp_path_factory) -> dict[str, Built]:
     return {
         "labels": nnunet_folders.build(nnunet_folders.LABELS, root / "labels"),
         "regions": nnunet_folders.build(nnunet_folders.REGIONS, root / "regions"),
+        "png": nnunet_folders.build(nnunet_folders.PNG, root / "png"),
+        "tiff": nnunet_folders.build(nnunet_folders.TIFF, root / "tiff"),
     }
 
 
-@pytest.fixture(params=["labels", "regions"])
+@pytest.fixture(params=["labels", "regions", "png", "tiff"])
 def folder(request, built) -> Built:
     return built[request.param]
 
@@ -65,13 +71,33 @@ def _reader(folder: Built):
     return recursive_find_reader_writer_by_name(folder.plans["image_reader_writer"])()
 
 
-def _geometry(path: Path) -> tuple:
+def _side_files(folder: Built, case: str) -> list[str]:
+    """The files nnU-Net's writer adds beside a segmentation: Tiff3DIO's ``CASE.json`` (the spacing)."""
+    return [f"{case}.json"] if folder.plans["image_reader_writer"] == "Tiff3DIO" else []
+
+
+def _geometry(folder: Built, path: Path) -> tuple:
+    """The file's type and geometry, read without nnU-Net: NIfTI size, spacing, origin, direction and
+    pixel type; PNG format, mode and size; TIFF shape, dtype, compression and the side file's spacing."""
+    if folder.spec.writer == "png":
+        with Image.open(path) as image:
+            return image.format, image.mode, image.size
+    if folder.spec.writer == "tiff":
+        with tifffile.TiffFile(path) as tiff:
+            kind = tiff.series[0].shape, tiff.series[0].dtype, tiff.pages[0].compression
+        return kind, json.loads(path.with_suffix(".json").read_text())
     image = sitk.ReadImage(str(path))
-    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelID()
 
 
 def _array_in_nnunet_order(folder: Built, path: Path) -> np.ndarray:
-    """The file's voxels in nnU-Net's (z, y, x) order, read without nnU-Net."""
+    """The file's voxels in nnU-Net's (z, y, x) order (``(1, H, W)`` for a 2-D image), read without
+    nnU-Net."""
+    if folder.spec.writer == "png":
+        with Image.open(path) as image:
+            return np.asarray(image)[None]
+    if folder.spec.writer == "tiff":
+        return tifffile.imread(path)
     if folder.spec.writer == "sitk":
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     return np.asarray(nibabel.load(str(path)).dataobj).transpose(2, 1, 0)
@@ -90,18 +116,36 @@ def _expected(folder: Built, probs: np.ndarray, metric: str) -> np.ndarray:
 
 
 def test_the_folders_are_what_the_tests_claim(built):
-    labels, regions = built["labels"], built["regions"]
+    labels, regions, png, tiff = built["labels"], built["regions"], built["png"], built["tiff"]
     assert labels.plans["transpose_forward"] == [2, 0, 1]
     assert labels.plans["image_reader_writer"] == "SimpleITKIO"
     assert regions.plans["image_reader_writer"] == "NibabelIO"
-    for folder in (labels, regions):
+    # chosen by nnU-Net from the file ending (dataset.json names no reader/writer)
+    assert "overwrite_image_reader_writer" not in png.dataset_json | tiff.dataset_json
+    assert png.plans["image_reader_writer"] == "NaturalImage2DIO"
+    assert list(png.plans["configurations"]) == ["2d"]  # nnU-Net plans no 3-D model for 2-D images
+    assert tiff.plans["image_reader_writer"] == "Tiff3DIO"
+    assert tiff.plans["transpose_forward"] == [2, 0, 1]
+    png_shapes = set()
+    for case in png.cases:
+        properties = pickle.loads((png.pred_dir / f"{case}.pkl").read_bytes())
+        assert tuple(properties["spacing"]) == (999, 1, 1)
+        with Image.open(png.pred_dir / f"{case}.png") as image:  # nnU-Net's own: an 8-bit grey PNG
+            assert (image.format, image.mode) == ("PNG", "L")
+            assert _probabilities(png, case).shape == (3, 1, image.height, image.width)
+            png_shapes.add(image.size)
+    assert len(png_shapes) == len(png.cases)  # cases of different sizes
+    for case in tiff.cases:
+        assert json.loads((tiff.pred_dir / f"{case}.json").read_text()) == {"spacing": [1.3, 0.95, 2.4]}
+    for folder in built.values():
         for case in folder.cases:
             properties = pickle.loads((folder.pred_dir / f"{case}.pkl").read_bytes())
             bbox, shape = properties["bbox_used_for_cropping"], properties["shape_before_cropping"]
             assert any(lo > 0 or hi < size for (lo, hi), size in zip(bbox, shape, strict=True))
             assert _probabilities(folder, case).shape[0] == 3
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(labels.labels_dir / "case0.nii.gz")))
-    assert (reference == 3).any()  # the ignore label is in a reference
+    for folder in (labels, png, tiff):
+        reference = _array_in_nnunet_order(folder, folder.labels_dir / f"case0{folder.file_ending}")
+        assert (reference == 3).any()  # the ignore label is in a reference
 
 
 # ------------------------------------------------------------------------------ postprocessing
@@ -114,16 +158,25 @@ def test_acc_gives_back_nnunets_own_segmentations_with_their_geometry(folder, tm
     for case in folder.cases:
         ours, theirs = out / f"{case}{folder.file_ending}", folder.pred_dir / f"{case}{folder.file_ending}"
         assert written[case] == ours
-        assert _geometry(ours) == _geometry(theirs)
-        ours_img, theirs_img = sitk.ReadImage(str(ours)), sitk.ReadImage(str(theirs))
-        assert ours_img.GetPixelID() == theirs_img.GetPixelID()
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_img), sitk.GetArrayFromImage(theirs_img))
+        assert _geometry(folder, ours) == _geometry(folder, theirs)
+        np.testing.assert_array_equal(
+            _array_in_nnunet_order(folder, ours), _array_in_nnunet_order(folder, theirs)
+        )
+        ours_seg, theirs_seg = (
+            _reader(folder).read_seg(str(ours))[0],
+            _reader(folder).read_seg(str(theirs))[0],
+        )
+        np.testing.assert_array_equal(ours_seg, theirs_seg)
         if folder.spec.writer == "nibabel":
             np.testing.assert_array_equal(nibabel.load(str(ours)).affine, nibabel.load(str(theirs)).affine)
+        for name in _side_files(folder, case):
+            assert (out / name).read_bytes() == (folder.pred_dir / name).read_bytes()
     for name in ("dataset.json", "plans.json"):
         assert (out / name).read_bytes() == (folder.pred_dir / name).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{c}{folder.file_ending}" for c in folder.cases] + ["dataset.json", "plans.json"]
+        [f"{c}{folder.file_ending}" for c in folder.cases]
+        + [name for c in folder.cases for name in _side_files(folder, c)]
+        + ["dataset.json", "plans.json"]
     )
 
 
@@ -137,7 +190,7 @@ def test_dice_and_iou_files_hold_rankseg_of_the_saved_probabilities(folder, metr
         expected = _expected(folder, _probabilities(folder, case), metric)
         np.testing.assert_array_equal(_array_in_nnunet_order(folder, ours), expected)
         np.testing.assert_array_equal(_reader(folder).read_seg(str(ours))[0][0], expected)
-        assert _geometry(ours) == _geometry(theirs)
+        assert _geometry(folder, ours) == _geometry(folder, theirs)
         changed += int((_array_in_nnunet_order(folder, theirs) != expected).sum())
     assert changed > 0  # RankSEG differs from nnU-Net's own rule on these probabilities
 
@@ -207,10 +260,12 @@ def _nnunet_summary(folder: Built, predictions: Path) -> dict:
     )
 
 
-def _assert_same_as_nnunet(evaluation: nnunet.NnunetEvaluation, method: str, summary: dict) -> None:
+def _assert_same_as_nnunet(
+    evaluation: nnunet.NnunetEvaluation, method: str, summary: dict, file_ending: str = ".nii.gz"
+) -> None:
     per_case = summary["metric_per_case"]
     assert [Path(c["prediction_file"]).name for c in per_case] == [
-        f"{case}.nii.gz" for case in evaluation.cases
+        f"{case}{file_ending}" for case in evaluation.cases
     ]
     for k, key in enumerate(evaluation.keys):
         theirs = np.array([c["metrics"][key]["Dice"] for c in per_case], dtype=np.float64)
@@ -233,10 +288,14 @@ def test_evaluation_gives_nnunets_own_dice_for_both_methods(folder, tmp_path):
     evaluation = nnunet.evaluate_folder(folder.pred_dir, folder.labels_dir, {"metric": "dice"})
     assert evaluation.methods == (nnunet.BASELINE, "RMA")
     assert evaluation.cases == folder.cases and evaluation.failed == {}
-    _assert_same_as_nnunet(evaluation, nnunet.BASELINE, _nnunet_summary(folder, folder.pred_dir))
+    summary = _nnunet_summary(folder, folder.pred_dir)
+    _assert_same_as_nnunet(evaluation, nnunet.BASELINE, summary, folder.file_ending)
     nnunet.postprocess_folder(folder.pred_dir, tmp_path / "rankseg", {"metric": "dice"})
-    _assert_same_as_nnunet(evaluation, "RMA", _nnunet_summary(folder, tmp_path / "rankseg"))
-    if folder.spec.regions_class_order is None:
+    _assert_same_as_nnunet(
+        evaluation, "RMA", _nnunet_summary(folder, tmp_path / "rankseg"), folder.file_ending
+    )
+    assert (evaluation.dice["RMA"] != evaluation.dice[nnunet.BASELINE]).any()  # two different folders
+    if folder.spec.regions_class_order is None and len(folder.cases) > 2:
         assert np.isnan(evaluation.dice[nnunet.BASELINE][2, 1])  # case2 has no tumour: NaN, left out
         assert not np.isnan(evaluation.mean_dice[nnunet.BASELINE]).any()
 
@@ -371,6 +430,31 @@ def _matches(pattern: str, text: str) -> bool:
     import re
 
     return re.search(pattern, text) is not None
+
+
+def test_a_palette_or_rgb_png_reference_is_refused_not_read_as_its_red_channel(built, tmp_path):
+    # NaturalImage2DIO reads a palette PNG as RGB, (3, 1, H, W): label 1 painted red would be
+    # evaluated as label 255 if the first channel were taken as the label map (Dice 0, silently).
+    folder = built["png"]
+    labels = tmp_path / "labels"
+    shutil.copytree(folder.labels_dir, labels)
+    grey = _array_in_nnunet_order(folder, folder.labels_dir / "case0.png")[0]
+    palette = Image.fromarray(grey, mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    palette.save(labels / "case0.png")
+    with Image.open(labels / "case0.png") as saved:
+        assert saved.mode == "P" and (np.asarray(saved) == grey).all()  # the same labels, as indices
+    # RGB with the label in every channel: refused too, a label map has one channel
+    grey = _array_in_nnunet_order(folder, folder.labels_dir / "case1.png")[0]
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), mode="RGB").save(labels / "case1.png")
+    evaluation = nnunet.evaluate_folder(folder.pred_dir, labels)
+    assert evaluation.cases == ("case2",)
+    for case in ("case0", "case1"):
+        assert _matches(
+            rf"{case}: reference .*{case}\.png has 3 channels as NaturalImage2DIO reads it \(an RGB\(A\) or "
+            r"palette image\?\); a segmentation has one channel of label values",
+            evaluation.failed[case],
+        ), evaluation.failed[case]
 
 
 def test_an_evaluation_case_without_reference_is_reported(built, tmp_path):

@@ -730,7 +730,13 @@ def _read_label_map(reader: BaseReaderWriter, path: Path, what: str) -> np.ndarr
         raise _CaseError(
             f"{what} {path} cannot be read with {type(reader).__name__} ({type(exc).__name__}: {exc})"
         ) from None
-    array = np.asarray(array)[0]  # read_seg gives (1, *spatial)
+    array = np.asarray(array)
+    if array.shape[0] != 1:  # read_seg gives (1, *spatial); NaturalImage2DIO reads palette PNGs as RGB
+        raise _CaseError(
+            f"{what} {path} has {array.shape[0]} channels as {type(reader).__name__} reads it (an RGB(A) "
+            "or palette image?); a segmentation has one channel of label values, e.g. an 8-bit grey PNG"
+        )
+    array = array[0]
     if not np.isfinite(array).all() or (array < 0).any() or (array != np.round(array)).any():
         raise _CaseError(f"{what} {path} holds values that are not non-negative integers")
     return array.astype(np.int64)
