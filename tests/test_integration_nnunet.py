@@ -486,6 +486,23 @@ def test_existing_outputs_are_kept_without_force_and_replaced_with_it(built, tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
+def test_a_side_file_without_its_segmentation_is_named_as_such_and_kept_without_force(built, tmp_path):
+    folder = built["tiff"]
+    out = tmp_path / "out"
+    nnunet.postprocess_folder(folder.pred_dir, out, {"metric": "acc"})
+    (out / "case0.tif").unlink()  # as a run stopped between Tiff3DIO's case0.json and case0.tif leaves it
+    side = (out / "case0.json").read_bytes()
+    with pytest.raises(nnunet.NnunetCaseError) as info:
+        nnunet.postprocess_folder(folder.pred_dir, out, {"metric": "acc"})
+    assert _matches(
+        r"case0: .*case0\.json exists but case0\.tif does not \(left by an interrupted run.*pass force=True",
+        info.value.failed["case0"],
+    )
+    assert not (out / "case0.tif").exists() and (out / "case0.json").read_bytes() == side
+    nnunet.postprocess_folder(folder.pred_dir, out, {"metric": "acc"}, force=True)
+    assert (out / "case0.tif").read_bytes() == (folder.pred_dir / "case0.tif").read_bytes()
+
+
 def test_an_output_folder_of_another_model_is_refused_without_force(built, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -476,7 +476,14 @@ def _write_segmentation(
             raise _CaseError(f"{type(writer).__name__}.write_seg wrote no {target.name}")
         side_files = sorted(p for p in staging.iterdir() if p.name != target.name)
         for path in side_files:
-            _publish(path, target.parent / path.name, force)
+            try:
+                _publish(path, target.parent / path.name, force)
+            except _CaseError:
+                raise _CaseError(
+                    f"{target.parent / path.name} exists but {target.name} does not (left by an "
+                    "interrupted run, or another file of that name); pass force=True (--force) to "
+                    "replace it"
+                ) from None
         _publish(staging / target.name, target, force)  # last: its presence means the case is complete
     finally:
         shutil.rmtree(staging, ignore_errors=True)
