@@ -572,8 +572,8 @@ def test_labels_out_of_range_are_reported_as_stored(tmp_path, capsys):
         main_in_process(["evaluate", "--probs", probs, "--labels", labels, "--ignore-index", 2**70], capsys)
     assert info.value.code == 2
     assert (
-        f"--ignore-index: expected an integer from -2**63 to 2**63-1 (labels are read as int64); got {2**70}"
-        in (capsys.readouterr().err)
+        "--ignore-index: expected an integer from -2**63 to 2**63-1 (labels are read as int64); "
+        f"got '{2**70}'" in (capsys.readouterr().err)
     )
 
     # --json naming a folder: refused before any work, by the user's path

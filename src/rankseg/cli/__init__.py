@@ -28,9 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ._common import UsageError, int64, non_negative_float, positive_int, probability
+from ._common import (
+    UsageError,
+    fraction,
+    int64,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from ._runner import DASK_EXTRA_HINT, dask_address, runner_options_conflict, signals_handled
-from .calibrate import fraction, non_negative_int
 from .calibrate import run_command as _calibrate
 from .demo import run_command as _demo
 from .evaluate import ACTIVATIONS

@@ -5,13 +5,14 @@ and output paths."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import stat
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .._options import DEFAULT_SOLVER, resolve_options
 from .._predictor import RankSEG
@@ -85,47 +86,46 @@ class Progress:
             self._bar.close()
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], Any], allowed: str, ok: Callable[[Any], bool]) -> Any:
+    """``convert(text)`` if ``ok`` accepts it; else the argparse error ``expected ALLOWED; got TEXT``."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {allowed}; got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ``>= 1`` (``--workers``)."""
+    return _number(text, int, "a positive integer", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer ``>= 0`` (``--seed``)."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
 
 
 def int64(text: str) -> int:
     """An integer that int64 label maps can hold (``--ignore-index``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-    if not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer from -2**63 to 2**63-1 (labels are read as int64); got {text}"
-        )
-    return value
+    allowed = "an integer from -2**63 to 2**63-1 (labels are read as int64)"
+    return _number(text, int, allowed, lambda v: -(2**63) <= v < 2**63)
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0; got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}")
-    return value
+    """A finite number ``>= 0`` (``--smooth``)."""
+    return _number(text, float, "a finite number >= 0", lambda v: 0 <= v < math.inf)
 
 
 def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}")
-    return value
+    """A number in ``[0, 1]`` (``--pruning-prob``)."""
+    return _number(text, float, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+
+
+def fraction(text: str) -> float:
+    """A number in ``(0, 1]`` (``--subsample``)."""
+    return _number(text, float, "a fraction in (0, 1]", lambda v: 0.0 < v <= 1.0)
 
 
 _FLAGS = {"metric": "--metric", "solver": "--solver", "smooth": "--smooth", "pruning_prob": "--pruning-prob"}

@@ -31,29 +31,7 @@ from .evaluate import (
 )
 from .io import ARRAY_SUFFIXES, LABEL_SUFFIXES, InputError, write_atomic
 
-__all__ = ["ValidationFiles", "fraction", "non_negative_int", "run_command"]
-
-
-def fraction(text: str) -> float:
-    """A number in ``(0, 1]`` (``--subsample``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1]; got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1]; got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer ``>= 0`` (``--seed``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
+__all__ = ["ValidationFiles", "run_command"]
 
 
 @dataclass(frozen=True)
