@@ -412,6 +412,10 @@ def test_options_that_nnunet_files_decide_are_usage_errors(built, tmp_path, caps
             f"--probs {pred} holds plans.json: it is an nnU-Net prediction folder, evaluated as with "
             "--nnunet, and takes no --ignore-index (the ignore label comes from dataset.json)",
         ),
+        (  # was silently ignored: the table compared uncalibrated probabilities
+            ["evaluate", "--nnunet", pred, "--labels", labels, "--calibration", tmp_path / "cal.json"],
+            f"--nnunet {pred} takes no --calibration (nnU-Net saves probabilities, not logits)",
+        ),
         (
             ["evaluate", "--nnunet", pred, "--labels", labels, "--metric", "acc"],
             "--metric must be dice or iou for evaluate (accuracy has no RankSEG solver)",

@@ -157,6 +157,7 @@ _NOT_WITH_NNUNET = {
     "output_mode": ("--output-mode", "labels or regions come from dataset.json"),
     "logits": ("--logits", "nnU-Net saves probabilities"),
     "activation": ("--activation", "nnU-Net saves probabilities"),
+    "calibration": ("--calibration", "nnU-Net saves probabilities, not logits"),
 }
 
 
