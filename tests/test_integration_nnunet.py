@@ -486,6 +486,16 @@ def test_existing_outputs_are_kept_without_force_and_replaced_with_it(built, tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
+def test_force_must_be_a_bool_so_that_a_truthy_string_replaces_nothing(built, tmp_path):
+    folder = built["labels"]
+    out = tmp_path / "out"
+    nnunet.postprocess_folder(folder.pred_dir, out, {"metric": "acc"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(TypeError, match=r"force must be True or False; got 'no'"):
+        nnunet.postprocess_folder(folder.pred_dir, out, {"metric": "dice"}, force="no")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_a_side_file_without_its_segmentation_is_named_as_such_and_kept_without_force(built, tmp_path):
     folder = built["tiff"]
     out = tmp_path / "out"

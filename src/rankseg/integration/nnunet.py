@@ -574,6 +574,8 @@ def prepare_postprocess(
             ``dataset.json`` / ``plans.json`` and ``force`` is False.
         ValueError / TypeError: bad ``rankseg_kwargs``, or ``out_dir`` is ``pred_dir``.
     """
+    if not isinstance(force, bool):  # a truthy string such as "no" would replace the user's files
+        raise TypeError(f"force must be True or False; got {force!r}")
     folder = read_folder(pred_dir)
     manager = _label_manager(folder.plans, folder.dataset_json)
     options = _checked_options(rankseg_kwargs, manager.has_regions)
