@@ -362,3 +362,26 @@ def test_figures_leave_pyplot_alone(tmp_path):
     assert matplotlib.get_backend() == backend
     pyplot = sys.modules.get("matplotlib.pyplot")
     assert pyplot is None or pyplot.get_fignums() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the umask from /proc")
+def test_atomic_writes_read_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """Setting the umask to read it is a race: a thread creating a file in that moment (Dask
+    workers run tasks in threads) made it world-writable (5 of 2,400 files in a threaded run)."""
+    import os
+
+    from rankseg.cli.io import write_atomic
+    from rankseg.integration import nnunet
+
+    previous = os.umask(0o027)
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+    try:
+        path = write_atomic(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        nnunet._copy_atomic(path, tmp_path / "b.bin", False)
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert calls == []
+    assert (path.stat().st_mode & 0o777) == 0o640 == ((tmp_path / "b.bin").stat().st_mode & 0o777)

@@ -33,6 +33,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import torch
 
+from .._files import new_file_mode
+
 __all__ = [
     "ACCEPTED_DTYPES",
     "ARRAY_SUFFIXES",
@@ -474,7 +476,7 @@ def _stage(path: Path, write: Callable[[BinaryIO], None], force: bool, staged: l
             write(_Sink(f))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(item.tmp, 0o666 & ~_umask())
+        os.chmod(item.tmp, new_file_mode())
     except BaseException:
         item.tmp.unlink(missing_ok=True)
         raise
@@ -564,12 +566,6 @@ def _signals_held() -> Iterator[None]:
                 handler(signum, None)  # e.g. KeyboardInterrupt, or the runner's Terminated
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), signum)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_mask(

@@ -78,6 +78,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from .._files import new_file_mode
 from .._options import Options, resolve_options
 from ..functional import rankseg_resolved
 from ._common import kwargs_dict
@@ -547,16 +548,10 @@ def _copy_atomic(source: Path, target: Path, force: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def prepare_postprocess(
